@@ -1,0 +1,79 @@
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const buildDir = path.join(path.dirname(fileURLToPath(import.meta.url)), "build");
+
+export type BinaryName = "kube-apiserver" | "kubectl" | "etcd" | "minio";
+
+/** The pinned versions, from build/versions.env (the one place they are written). */
+export function pinnedVersions(): { kubernetes: string; etcd: string; minio: string } {
+  const values = Object.fromEntries(
+    readFileSync(path.join(buildDir, "versions.env"), "utf8")
+      .split("\n")
+      .filter((line) => /^[A-Z_]+=/.test(line))
+      .map((line) => line.split("=", 2) as [string, string]),
+  );
+  return { kubernetes: values.KUBERNETES_VERSION!, etcd: values.ETCD_VERSION!, minio: values.MINIO_VERSION! };
+}
+
+/** Where built binaries are cached, keyed by version. */
+export function cacheDir(): string {
+  return process.env.KUBETUNE_CACHE_DIR ?? path.join(os.homedir(), ".cache", "kubetune");
+}
+
+const overrideVariable: Record<BinaryName, string> = {
+  "kube-apiserver": "KUBETUNE_KUBE_APISERVER",
+  kubectl: "KUBETUNE_KUBECTL",
+  etcd: "KUBETUNE_ETCD",
+  minio: "KUBETUNE_MINIO",
+};
+
+function cachedPath(name: BinaryName): string {
+  const versions = pinnedVersions();
+  const version = name === "etcd" ? versions.etcd : name === "minio" ? versions.minio : versions.kubernetes;
+  return path.join(cacheDir(), "bin", `${name}-${version}`);
+}
+
+/**
+ * The path of each binary: from its KUBETUNE_* variable when set, else from the cache, building
+ * the missing ones from their Go modules first (minutes, once).
+ */
+export async function resolveBinaries(names: BinaryName[], log: (line: string) => void = () => {}): Promise<Record<BinaryName, string>> {
+  const result = {} as Record<BinaryName, string>;
+  const missing: BinaryName[] = [];
+  for (const name of names) {
+    const override = process.env[overrideVariable[name]];
+    if (override) {
+      if (!existsSync(override)) throw new Error(`${overrideVariable[name]}=${override}: no such file`);
+      result[name] = override;
+    } else {
+      result[name] = cachedPath(name);
+      if (!existsSync(result[name])) missing.push(name);
+    }
+  }
+  if (missing.length > 0) await build(missing, log);
+  return result;
+}
+
+async function build(names: BinaryName[], log: (line: string) => void): Promise<void> {
+  log(`building ${names.join(", ")} from Go modules into ${cacheDir()}/bin (first run only)`);
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn("bash", [path.join(buildDir, "build-binaries.sh"), ...names], { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+      for (const line of chunk.toString().split("\n")) if (line.trim()) log(line);
+    });
+    child.once("error", (error) => reject(new Error(`cannot run build-binaries.sh: ${error.message}`)));
+    child.once("exit", (code) => {
+      if (code === 0) resolve();
+      else {
+        const reason = stderr.split("\n").filter((line) => line.includes("error:")).pop() ?? stderr.trim().split("\n").pop();
+        reject(new Error(reason ?? `build-binaries.sh exited with ${code}`));
+      }
+    });
+  });
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, kubectl, etcd and MinIO from their Go modules and caches them in
+# $KUBETUNE_CACHE_DIR/bin (default ~/.cache/kubetune/bin), keyed by version. Prints nothing
+# but errors and progress on stderr; prints the bin folder on stdout.
+#
+# kube-apiserver cannot be `go install`ed: k8s.io/kubernetes requires its staging modules at
+# v0.0.0 through replace directives that only apply inside its own repository. So we write a
+# small wrapper module that requires k8s.io/kubernetes and repeats each of those replaces with
+# the matching published v0.Y.Z version, taken from the tag's own go.mod.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache="${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}"
+bin="$cache/bin"
+work="$cache/build"
+mkdir -p "$bin" "$work"
+
+log() { echo "build-binaries: $*" >&2; }
+die() { echo "build-binaries: error: $*" >&2; exit 1; }
+
+command -v go >/dev/null 2>&1 || die "no Go toolchain on PATH. Install Go 1.26 or newer, or point \
+KUBETUNE_KUBE_APISERVER, KUBETUNE_KUBECTL, KUBETUNE_ETCD and KUBETUNE_MINIO at binaries you already have."
+
+go_minor="$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')"
+[ "${go_minor:-0}" -ge 26 ] || die "Go $(go env GOVERSION) is too old: kube-apiserver $KUBERNETES_VERSION needs Go 1.26 or newer."
+
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+export CGO_ENABLED=0
+
+# build_if_missing NAME VERSION -- builds $bin/NAME-VERSION by running the rest of the arguments.
+build_if_missing() {
+  local name="$1" version="$2"; shift 2
+  local out="$bin/$name-$version"
+  if [ -x "$out" ]; then return 0; fi
+  log "building $name $version (first run only; several minutes on 2 cores)"
+  local started=$SECONDS
+  if ! "$@" "$out.tmp" >"$work/$name.log" 2>&1; then
+    tail -n 30 "$work/$name.log" >&2
+    die "building $name $version failed; full log in $work/$name.log. Fix the cause above, or \
+point KUBETUNE_$(echo "$name" | tr 'a-z-' 'A-Z_') at a binary you already have."
+  fi
+  mv "$out.tmp" "$out"
+  log "built $name $version in $((SECONDS - started))s"
+}
+
+build_kubernetes() {
+  local out="$1" mod="$work/kubernetes-$KUBERNETES_VERSION"
+  local minor="${KUBERNETES_VERSION#v1.}"
+  mkdir -p "$mod"
+  (
+    cd "$mod"
+    go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null
+    local upstream
+    upstream="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.mod"
+    {
+      echo "module kubetune.local/kubernetes-build"
+      echo
+      echo "go 1.26"
+      echo
+      echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+      echo
+      echo "replace ("
+      # Every `k8s.io/X => ./staging/src/k8s.io/X` in the tag's go.mod becomes
+      # `k8s.io/X => k8s.io/X v0.<minor>`: the published copy of the same staging module.
+      grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$upstream" \
+        | awk -v v="v0.$minor" '{ print "\t" $1 " => " $1 " " v }'
+      echo ")"
+    } > go.mod
+    printf 'package main\n' > main.go
+    go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBERNETES_VERSION"
+    local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
+    go build -ldflags "$ldflags" -o "$out" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -ldflags "$ldflags" -o "$bin/kubectl-$KUBERNETES_VERSION.tmp" k8s.io/kubernetes/cmd/kubectl
+    mv "$bin/kubectl-$KUBERNETES_VERSION.tmp" "$bin/kubectl-$KUBERNETES_VERSION"
+  )
+}
+
+build_etcd() {
+  local out="$1" mod="$work/etcd-$ETCD_VERSION"
+  mkdir -p "$mod"
+  (
+    cd "$mod"
+    printf 'module kubetune.local/etcd-build\n\ngo 1.26\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
+    printf 'package main\n' > main.go
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    go build -ldflags "-s -w" -o "$out" go.etcd.io/etcd/server/v3
+  )
+}
+
+build_minio() {
+  local out="$1" mod="$work/minio-$MINIO_VERSION"
+  mkdir -p "$mod"
+  (
+    cd "$mod"
+    printf 'module kubetune.local/minio-build\n\ngo 1.26\n\nrequire github.com/minio/minio %s\n' "$MINIO_VERSION" > go.mod
+    printf 'package main\n' > main.go
+    go get "github.com/minio/minio@$MINIO_VERSION"
+    go build -ldflags "-s -w" -o "$out" github.com/minio/minio
+  )
+}
+
+want="${*:-kube-apiserver etcd minio}"
+for name in $want; do
+  case "$name" in
+    kube-apiserver|kubectl)
+      [ -x "$bin/kubectl-$KUBERNETES_VERSION" ] || rm -f "$bin/kube-apiserver-$KUBERNETES_VERSION"
+      build_if_missing kube-apiserver "$KUBERNETES_VERSION" build_kubernetes ;;
+    etcd) build_if_missing etcd "$ETCD_VERSION" build_etcd ;;
+    minio) build_if_missing minio "$MINIO_VERSION" build_minio ;;
+    *) die "unknown binary '$name' (expected kube-apiserver, kubectl, etcd or minio)" ;;
+  esac
+done
+echo "$bin"

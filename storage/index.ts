@@ -1,0 +1,5 @@
+export * from "./object-store.ts";
+export * from "./local-store.ts";
+export * from "./s3-store.ts";
+export * from "./open-store.ts";
+export * from "./publish.ts";
