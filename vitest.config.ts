@@ -5,8 +5,11 @@ import { defineConfig } from "vitest/config";
 // and starts on loopback.
 export default defineConfig({
   test: {
+    // The AWS SDK warns on every client that Node 20 support ends in 2027; tests need not repeat it.
+    env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true" },
     projects: [
       {
+        extends: true,
         test: {
           name: "unit",
           include: ["**/*.test.ts"],
@@ -15,6 +18,7 @@ export default defineConfig({
         },
       },
       {
+        extends: true,
         test: {
           name: "integration",
           include: ["tests/integration/**/*.test.ts"],

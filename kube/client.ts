@@ -1,4 +1,5 @@
 import { KubeConfig } from "@kubernetes/client-node";
+import type { IncomingMessage } from "node:http";
 import https from "node:https";
 import { createInterface } from "node:readline";
 
@@ -152,7 +153,7 @@ export class KubeClient {
     method: string,
     path: string,
     options: { query?: Query; body?: unknown; contentType?: string; signal?: AbortSignal },
-  ): Promise<import("node:http").IncomingMessage> {
+  ): Promise<IncomingMessage> {
     const url = new URL(path, this.server);
     for (const [key, value] of Object.entries(options.query ?? {})) if (value !== undefined) url.searchParams.set(key, String(value));
     const requestOptions: https.RequestOptions = { method, headers: { accept: "application/json" } };
@@ -160,10 +161,15 @@ export class KubeClient {
     let payload: string | undefined;
     if (options.body !== undefined) {
       payload = JSON.stringify(options.body);
-      requestOptions.headers = { ...requestOptions.headers, "content-type": options.contentType ?? "application/json" };
+      // An explicit length: Node sends a DELETE body unframed (and so ignored) without one.
+      requestOptions.headers = {
+        ...requestOptions.headers,
+        "content-type": options.contentType ?? "application/json",
+        "content-length": Buffer.byteLength(payload),
+      };
     }
     this.requestCounts[method] = (this.requestCounts[method] ?? 0) + 1;
-    const response = await new Promise<import("node:http").IncomingMessage>((resolve, reject) => {
+    const response = await new Promise<IncomingMessage>((resolve, reject) => {
       const request = https.request(url, { ...requestOptions, signal: options.signal }, resolve);
       request.once("error", reject);
       request.end(payload);

@@ -1,5 +1,5 @@
-import { createReadStream } from "node:fs";
-import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { Readable } from "node:stream";
@@ -43,13 +43,10 @@ export class LocalObjectStore implements ObjectStore {
     const temporary = `${file}.tmp-${randomBytes(6).toString("hex")}`;
     try {
       await mkdir(path.dirname(file), { recursive: true });
-      const handle = await open(temporary, "w");
+      if (body instanceof Readable) await pipeline(body, createWriteStream(temporary));
+      else await writeFile(temporary, body);
+      const handle = await open(temporary, "r+");
       try {
-        if (body instanceof Readable) {
-          await pipeline(body, handle.createWriteStream({ autoClose: false }));
-        } else {
-          await handle.writeFile(body);
-        }
         await handle.sync();
       } finally {
         await handle.close();

@@ -12,6 +12,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# Each pinned version can be overridden, e.g. to try a newer Kubernetes.
+KUBERNETES_VERSION="${KUBETUNE_KUBERNETES_VERSION:-$KUBERNETES_VERSION}"
+ETCD_VERSION="${KUBETUNE_ETCD_VERSION:-$ETCD_VERSION}"
+MINIO_VERSION="${KUBETUNE_MINIO_VERSION:-$MINIO_VERSION}"
 
 cache="${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}"
 bin="$cache/bin"
