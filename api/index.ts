@@ -1,0 +1,3 @@
+// The kubetune API. v1alpha1 is the only version; importers use this module, not the version folder.
+export * from "./v1alpha1/index.ts";
+export type { ObjectMeta, Problem } from "./schema/schema.ts";

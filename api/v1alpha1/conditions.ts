@@ -1,0 +1,60 @@
+// Condition types and reasons of FineTuneJob status. Each is data with its meaning, so that
+// docs/api.md lists them and the operator, CLI and tests share one spelling.
+
+import type { Phase } from "./finetunejob.ts";
+
+const conditionTypeDocs = {
+  Admitted: "The queue admitted the job: its resources are reserved and a trainer pod may run.",
+  Running: "A trainer pod is running (True), or is not running and why (False).",
+  Succeeded: "The job finished and its outputs are complete.",
+  Failed: "The job stopped for good; the reason says why and the message what to do.",
+  Suspended: "The job is held by runPolicy.suspend or by its queue; it resumes from its last checkpoint.",
+} as const;
+
+const reasonDocs = {
+  InvalidSpec: "The spec breaks a rule that the API server did not enforce; the message names each field.",
+  Queued: "The job waits in its queue for resources.",
+  Admitted: "The queue admitted the job.",
+  PodCreated: "A trainer pod was created and is starting.",
+  Training: "The trainer is training.",
+  Retrying: "An attempt failed and another starts from the last checkpoint.",
+  Completed: "Training finished and the outputs are written.",
+  Suspended: "runPolicy.suspend is true: a checkpoint was saved and the trainer stopped.",
+  Resumed: "runPolicy.suspend became false: training resumes from the last checkpoint.",
+  ImagePullFailed: "The trainer image could not be pulled: check trainer.image and the pull secret.",
+  Unschedulable: "No node fits the trainer pod: check resources, nodeSelector, tolerations and affinity.",
+  OOMKilled: "The trainer ran out of memory: raise resources.memory or lower batchSize or maxSeqLength.",
+  InvalidDataset: "The dataset could not be read as the format says; the message names the file and line.",
+  ModelNotFound: "baseModel.uri holds no loadable model (config.json, *.safetensors, tokenizer.json).",
+  StorageAccessDenied: "S3 refused access: check storage.secretRef, the credentials and the bucket policy.",
+  TrainerFailed: "The trainer exited with an error; the message holds the end of its log.",
+  BackoffLimitExceeded: "Attempts failed more often than runPolicy.backoffLimit allows.",
+  DeadlineExceeded: "The job ran longer than runPolicy.activeDeadlineSeconds.",
+  Preempted: "The trainer pod was evicted for a higher-priority workload; the job resumes from its last checkpoint.",
+} as const;
+
+export type ConditionType = keyof typeof conditionTypeDocs;
+export type Reason = keyof typeof reasonDocs;
+
+function constants<K extends string>(docs: Record<K, string>): { readonly [Key in K]: Key } {
+  return Object.fromEntries(Object.keys(docs).map((key) => [key, key])) as { [Key in K]: Key };
+}
+
+/** Condition types, e.g. ConditionType.Succeeded (kubectl wait --for=condition=Succeeded). */
+export const ConditionType = constants(conditionTypeDocs);
+/** Condition reasons, e.g. Reason.OOMKilled. */
+export const Reason = constants(reasonDocs);
+/** What each condition type means. */
+export const CONDITION_TYPE_DOCS: Readonly<Record<ConditionType, string>> = conditionTypeDocs;
+/** What each reason means and what to do about it. */
+export const REASON_DOCS: Readonly<Record<Reason, string>> = reasonDocs;
+
+/** What each phase means. */
+export const PHASE_DOCS: Readonly<Record<Phase, string>> = {
+  Pending: "Accepted; the operator has not yet queued it.",
+  Queued: "Waiting in its queue for resources.",
+  Running: "A trainer pod is starting or training.",
+  Succeeded: "Finished; status.outputs lists what was written.",
+  Failed: "Stopped for good; the Failed condition says why.",
+  Suspended: "Held by runPolicy.suspend or by its queue.",
+};

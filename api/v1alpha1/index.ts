@@ -1,0 +1,6 @@
+export * from "./finetunejob.ts";
+export * from "./conditions.ts";
+export * from "./defaults.ts";
+export * from "./validate.ts";
+export * from "./crd.ts";
+export * from "./docs.ts";
