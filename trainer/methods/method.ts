@@ -1,0 +1,69 @@
+import type * as tf from "@tensorflow/tfjs-core";
+import type { CausalLM, ModelInputs } from "../model/model.ts";
+import type { Rng } from "../random.ts";
+import type { TensorMap } from "../safetensors/safetensors.ts";
+
+/**
+ * The one interface every parameter-efficient method implements (PEFT's tuners/<method>):
+ * inject into a frozen model, train its variables, export them in PEFT's format, merge.
+ * A method lives in its own folder (config.ts, layer.ts, model.ts) and one line in registry.ts.
+ */
+export interface PeftMethod {
+  /** The FineTuneJob's method.type, e.g. "lora". */
+  readonly type: string;
+  /**
+   * Adds the method's trainable parts to `model`. `options` is the FineTuneJob's method block;
+   * the method validates it and fills in its defaults.
+   */
+  inject(model: CausalLM, options: unknown, context: InjectContext): Adapter;
+}
+
+export interface InjectContext {
+  /** Draws initial values and dropout masks. Its state belongs in checkpoints (Rng.state()). */
+  rng: Rng;
+  /** Recorded as base_model_name_or_path in adapter_config.json. */
+  baseModelNameOrPath: string;
+  /** PEFT's task_type; default CAUSAL_LM. */
+  taskType?: "CAUSAL_LM" | "SEQ_CLS";
+  /** Where the method's options sit in the FineTuneJob, for error messages; default "spec.method". */
+  optionsPath?: string;
+}
+
+/** A method injected into one model. */
+export interface Adapter {
+  readonly type: string;
+  readonly model: CausalLM;
+  /**
+   * Logits [batch, seq, vocab] with the adapter applied. Methods that rewrite the inputs
+   * (prompt or prefix tuning) do it here; for the base model alone call
+   * model.forward({ ...inputs, disableAdapters: true }).
+   */
+  forward(inputs: ModelInputs): tf.Tensor3D;
+  /** The variables the optimizer updates, by stable name, in a fixed order. */
+  trainableVariables(): Map<string, tf.Variable>;
+  /** Number of trainable parameters (for the trainable share reported in metrics). */
+  trainableParameterCount(): number;
+  /** The tensors of adapter_model.safetensors, under PEFT's names and layouts. */
+  exportTensors(): TensorMap;
+  /** The adapter_config.json object, keys sorted as PEFT writes them. */
+  adapterConfig(): Record<string, unknown>;
+  /** The base model's full state dict with the adapter folded into its weights. */
+  merge(): TensorMap;
+  /** The trainable variables' exact float32 values, by the names of trainableVariables(), for checkpoints. */
+  saveState(): TensorMap;
+  /** Restores saveState()'s output; every name and shape must match. */
+  loadState(state: TensorMap): void;
+  /** Takes the adapter out of the model and frees its tensors. */
+  remove(): void;
+}
+
+/** Options that fail validation; the message starts with the field's path in the FineTuneJob. */
+export class MethodOptionsError extends Error {
+  constructor(
+    readonly path: string,
+    message: string,
+  ) {
+    super(`${path}: ${message}`);
+    this.name = "MethodOptionsError";
+  }
+}

@@ -1,0 +1,185 @@
+import * as tf from "@tensorflow/tfjs-core";
+import { attention, attentionBias, splitHeads } from "./attention.ts";
+import type { Gpt2Config } from "./config.ts";
+import {
+  FrozenWeights,
+  forwardContext,
+  inputEmbeddings,
+  prefixLength,
+  withPrefix,
+  type CausalLM,
+  type ForwardContext,
+  type KeyValuePrefix,
+  type Linear,
+  type ModelInputs,
+} from "./model.ts";
+import type { TensorMap } from "../safetensors/safetensors.ts";
+
+/**
+ * GPT-2 as Hugging Face's GPT2LMHeadModel computes it:
+ *   h = wte(ids) + wpe(positions)
+ *   per layer: h += attn.c_proj(attention(split(attn.c_attn(ln_1(h)))))
+ *              h += mlp.c_proj(gelu(mlp.c_fc(ln_2(h))))
+ *   logits = lm_head(ln_f(h)), lm_head tied to wte
+ * The projections are Conv1D modules, whose weights Hugging Face stores [in, out].
+ */
+
+/** Every weight of the model by Hugging Face name (GPT2LMHeadModel's, with "transformer."), with its shape. */
+export function gpt2WeightShapes(config: Gpt2Config): Map<string, number[]> {
+  const { hiddenSize: d, innerSize, vocabSize } = config;
+  const shapes = new Map<string, number[]>();
+  const conv1d = (path: string, inFeatures: number, out: number) => {
+    shapes.set(`${path}.weight`, [inFeatures, out]);
+    shapes.set(`${path}.bias`, [out]);
+  };
+  const layerNorm = (path: string) => {
+    shapes.set(`${path}.weight`, [d]);
+    shapes.set(`${path}.bias`, [d]);
+  };
+  shapes.set("transformer.wte.weight", [vocabSize, d]);
+  shapes.set("transformer.wpe.weight", [config.maxPositions, d]);
+  for (let i = 0; i < config.numLayers; i++) {
+    const layer = `transformer.h.${i}`;
+    layerNorm(`${layer}.ln_1`);
+    conv1d(`${layer}.attn.c_attn`, d, 3 * d);
+    conv1d(`${layer}.attn.c_proj`, d, d);
+    layerNorm(`${layer}.ln_2`);
+    conv1d(`${layer}.mlp.c_fc`, d, innerSize);
+    conv1d(`${layer}.mlp.c_proj`, innerSize, d);
+  }
+  layerNorm("transformer.ln_f");
+  if (!config.tieWordEmbeddings) shapes.set("lm_head.weight", [vocabSize, d]);
+  return shapes;
+}
+
+interface Gpt2Layer {
+  ln1: { weight: tf.Variable; bias: tf.Variable };
+  attention: Linear;
+  attentionProjection: Linear;
+  ln2: { weight: tf.Variable; bias: tf.Variable };
+  fc: Linear;
+  mlpProjection: Linear;
+}
+
+export class Gpt2Model implements CausalLM {
+  readonly linears = new Map<string, Linear>();
+  readonly outputHead: Linear;
+  private readonly weights: FrozenWeights;
+  private readonly tokenEmbedding: tf.Variable;
+  private readonly positionEmbedding: tf.Variable;
+  private readonly layers: Gpt2Layer[] = [];
+  private readonly lnF: { weight: tf.Variable; bias: tf.Variable };
+
+  /** `weights`: float32 tensors by Hugging Face name (gpt2WeightShapes), consumed by the model. */
+  constructor(
+    readonly config: Gpt2Config,
+    weights: Map<string, tf.Tensor>,
+  ) {
+    this.weights = new FrozenWeights(weights);
+    const conv1d = (path: string) => this.register(this.weights.linear(path, "conv1d", true));
+    const layerNorm = (path: string) => ({
+      weight: this.weights.take(`${path}.weight`),
+      bias: this.weights.take(`${path}.bias`),
+    });
+    this.tokenEmbedding = this.weights.take("transformer.wte.weight");
+    this.positionEmbedding = this.weights.take("transformer.wpe.weight");
+    for (let i = 0; i < config.numLayers; i++) {
+      const layer = `transformer.h.${i}`;
+      this.layers.push({
+        ln1: layerNorm(`${layer}.ln_1`),
+        attention: conv1d(`${layer}.attn.c_attn`),
+        attentionProjection: conv1d(`${layer}.attn.c_proj`),
+        ln2: layerNorm(`${layer}.ln_2`),
+        fc: conv1d(`${layer}.mlp.c_fc`),
+        mlpProjection: conv1d(`${layer}.mlp.c_proj`),
+      });
+    }
+    this.lnF = layerNorm("transformer.ln_f");
+    this.outputHead = this.register(
+      config.tieWordEmbeddings
+        ? this.weights.tiedLinear("lm_head", this.tokenEmbedding)
+        : this.weights.linear("lm_head", "linear", false),
+    );
+  }
+
+  embed(inputIds: tf.Tensor2D): tf.Tensor3D {
+    return tf.gather(this.tokenEmbedding, inputIds) as tf.Tensor3D;
+  }
+
+  forward(inputs: ModelInputs): tf.Tensor3D {
+    const { config } = this;
+    const context = forwardContext(inputs);
+    return tf.tidy(() => {
+      const tokens = inputEmbeddings(this, inputs);
+      const [batch, seq] = tokens.shape;
+      const prefix = prefixLength(inputs.pastKeyValuesPrefix, config.numLayers);
+      if (prefix + seq > config.maxPositions) {
+        throw new Error(`model forward: ${prefix + seq} positions exceed GPT-2's n_positions (${config.maxPositions}); use a shorter maxSeqLength`);
+      }
+      const positions = tf.slice(this.positionEmbedding, [prefix, 0], [seq, config.hiddenSize]);
+      let h = tf.add(tokens, positions) as tf.Tensor3D;
+      const bias = attentionBias(batch, seq, prefix, inputs.attentionMask);
+      this.layers.forEach((layer, i) => {
+        h = this.block(layer, i, h, bias, inputs.pastKeyValuesPrefix?.[i], context);
+      });
+      return this.outputHead.forward(layerNorm(h, this.lnF, config.layerNormEps), context) as tf.Tensor3D;
+    });
+  }
+
+  stateDict(): TensorMap {
+    return this.weights.stateDict();
+  }
+
+  parameterCount(): number {
+    return this.weights.parameterCount();
+  }
+
+  dispose(): void {
+    this.weights.dispose();
+  }
+
+  private register(module: Linear): Linear {
+    this.linears.set(module.path, module);
+    return module;
+  }
+
+  private block(
+    layer: Gpt2Layer,
+    index: number,
+    h: tf.Tensor3D,
+    bias: tf.Tensor4D,
+    prefix: KeyValuePrefix | undefined,
+    context: ForwardContext,
+  ): tf.Tensor3D {
+    const { numHeads, hiddenSize, layerNormEps } = this.config;
+    const headDim = hiddenSize / numHeads;
+    let scale = this.config.scaleAttnWeights ? 1 / Math.sqrt(headDim) : 1;
+    if (this.config.scaleAttnByInverseLayerIdx) scale /= index + 1;
+
+    const qkv = layer.attention.forward(layerNorm(h, layer.ln1, layerNormEps), context);
+    const [q, k, v] = tf.split(qkv, 3, -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
+    const attended = attention(
+      splitHeads(q, numHeads, headDim),
+      withPrefix(prefix?.key, splitHeads(k, numHeads, headDim)),
+      withPrefix(prefix?.value, splitHeads(v, numHeads, headDim)),
+      bias,
+      scale,
+    );
+    h = tf.add(h, layer.attentionProjection.forward(attended, context));
+
+    const hidden = layer.fc.forward(layerNorm(h, layer.ln2, layerNormEps), context);
+    return tf.add(h, layer.mlpProjection.forward(this.activation(hidden), context));
+  }
+
+  private activation(x: tf.Tensor): tf.Tensor {
+    if (this.config.activation === "gelu") return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+    // gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), Math.sqrt(2 / Math.PI));
+    return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.tanh(inner)));
+  }
+}
+
+function layerNorm(x: tf.Tensor3D, { weight, bias }: { weight: tf.Tensor; bias: tf.Tensor }, eps: number): tf.Tensor3D {
+  const { mean, variance } = tf.moments(x, -1, true);
+  return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), weight), bias);
+}

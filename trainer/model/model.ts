@@ -1,0 +1,220 @@
+import * as tf from "@tensorflow/tfjs-core";
+import { linear } from "../backend/linear.ts";
+import type { NamedTensor, TensorMap } from "../safetensors/safetensors.ts";
+import type { ModelConfig } from "./config.ts";
+
+/**
+ * What every model in this folder offers the trainer and the PEFT methods: a forward pass to
+ * logits, its linear modules by Hugging Face module path (the names PEFT adapters use), and its
+ * weights as a Hugging Face state dict.
+ */
+export interface CausalLM {
+  readonly config: ModelConfig;
+  /** Every linear module by its Hugging Face path, e.g. "model.layers.0.self_attn.q_proj", in model order. */
+  readonly linears: ReadonlyMap<string, Linear>;
+  /** The output projection to the vocabulary ("lm_head"), which "all-linear" leaves out. */
+  readonly outputHead: Linear;
+  /** Token embeddings [batch, seq, hidden] for ids [batch, seq]; positions are added in forward. */
+  embed(inputIds: tf.Tensor2D): tf.Tensor3D;
+  /** Logits [batch, seq, vocab] for the input positions (prefix positions give no logits). */
+  forward(inputs: ModelInputs): tf.Tensor3D;
+  /** The weights under their Hugging Face names and layouts, as a model.safetensors would hold them. */
+  stateDict(): TensorMap;
+  /** Number of base-model parameters (a tied output head counts once). */
+  parameterCount(): number;
+  /** Frees every tensor the model holds. */
+  dispose(): void;
+}
+
+export interface ModelInputs {
+  /** Token ids [batch, seq], int32. Give this or inputsEmbeds. */
+  inputIds?: tf.Tensor2D;
+  /** Input embeddings [batch, seq, hidden] instead of ids, e.g. with prompt-tuning tokens prepended. */
+  inputsEmbeds?: tf.Tensor3D;
+  /** [batch, seq]: 1 where a position may be attended to, 0 for padding. Prefix positions are always visible. */
+  attentionMask?: tf.Tensor2D;
+  /**
+   * Per layer, keys and values placed before the input's own (prefix tuning). The input positions
+   * then start after the prefix, as they do in Hugging Face with past_key_values.
+   */
+  pastKeyValuesPrefix?: readonly KeyValuePrefix[];
+  /** Enables training-only behaviour such as adapter dropout. */
+  training?: boolean;
+  /** Runs the base model alone, bypassing every linear wrapper (e.g. the DPO reference model). */
+  disableAdapters?: boolean;
+}
+
+/** Keys and values [batch or 1, numKeyValueHeads, prefixLength, headDim] for one layer. */
+export interface KeyValuePrefix {
+  key: tf.Tensor4D;
+  value: tf.Tensor4D;
+}
+
+/** Passed to every linear module during one forward pass. */
+export interface ForwardContext {
+  training: boolean;
+  disableAdapters: boolean;
+}
+
+/** What a PEFT method puts around a linear module to change its output (LoRA, DoRA, IA3, adapters). */
+export interface LinearWrapper {
+  forward(x: tf.Tensor, module: Linear, context: ForwardContext): tf.Tensor;
+}
+
+/**
+ * A frozen linear module. The kernel is stored [in, out] so the forward pass is a plain 2-D
+ * matMul; `weightLayout` records how Hugging Face stores the weight: "linear" (nn.Linear,
+ * [out, in]) or "conv1d" (GPT-2's Conv1D, [in, out]).
+ */
+export class Linear {
+  /** Set by a PEFT method; undefined means the base module alone. */
+  wrapper: LinearWrapper | undefined;
+
+  constructor(
+    readonly path: string,
+    readonly kernel: tf.Variable<tf.Rank.R2>,
+    readonly bias: tf.Variable<tf.Rank.R1> | undefined,
+    readonly weightLayout: "linear" | "conv1d",
+  ) {}
+
+  get inFeatures(): number {
+    return this.kernel.shape[0];
+  }
+
+  get outFeatures(): number {
+    return this.kernel.shape[1];
+  }
+
+  /** The base module's output, ignoring any wrapper. */
+  base(x: tf.Tensor): tf.Tensor {
+    return linear(x, this.kernel, this.bias);
+  }
+
+  forward(x: tf.Tensor, context: ForwardContext): tf.Tensor {
+    if (this.wrapper && !context.disableAdapters) return this.wrapper.forward(x, this, context);
+    return this.base(x);
+  }
+
+  /** A kernel of this module ([in, out]) in the layout Hugging Face stores this module's weight in. */
+  toHuggingFaceWeight(kernel: tf.Tensor2D = this.kernel): NamedTensor {
+    const weight = this.weightLayout === "conv1d" ? kernel : tf.transpose(kernel);
+    const out = { shape: [...weight.shape], data: Float32Array.from(weight.dataSync() as Float32Array) };
+    if (weight !== kernel) weight.dispose();
+    return out;
+  }
+}
+
+/**
+ * The frozen weights of a model, taken from a loaded state dict: each becomes a non-trainable
+ * variable, and stateDict() gives them back under their Hugging Face names and layouts.
+ */
+export class FrozenWeights {
+  private readonly owned: Array<{ name: string; variable: tf.Variable; transposed: boolean }> = [];
+  private readonly derived: tf.Variable[] = [];
+
+  /** `weights` are float32 tensors by Hugging Face name; each is consumed (disposed) when taken. */
+  constructor(private readonly weights: Map<string, tf.Tensor>) {}
+
+  /** A weight as a frozen variable, in the layout it has in the file. */
+  take(name: string): tf.Variable {
+    return this.own(name, this.consume(name), false);
+  }
+
+  /** An nn.Linear weight [out, in] as a frozen kernel [in, out]. */
+  takeTransposed(name: string): tf.Variable<tf.Rank.R2> {
+    const weight = this.consume(name);
+    const kernel = tf.transpose(weight);
+    weight.dispose();
+    return this.own(name, kernel, true) as tf.Variable<tf.Rank.R2>;
+  }
+
+  /**
+   * An output head tied to the embedding matrix [vocab, hidden]: its kernel is a transposed copy
+   * (so the forward pass stays a plain matMul), freed with the rest and left out of stateDict().
+   */
+  tiedLinear(path: string, embedding: tf.Tensor): Linear {
+    const transposed = tf.transpose(embedding);
+    const kernel = tf.variable(transposed, false) as tf.Variable<tf.Rank.R2>;
+    transposed.dispose();
+    this.derived.push(kernel);
+    return new Linear(path, kernel, undefined, "linear");
+  }
+
+  /** A Linear module whose weight (and bias, if present) come from `<path>.weight` and `<path>.bias`. */
+  linear(path: string, layout: "linear" | "conv1d", hasBias: boolean): Linear {
+    const kernel = layout === "linear" ? this.takeTransposed(`${path}.weight`) : (this.take(`${path}.weight`) as tf.Variable<tf.Rank.R2>);
+    const bias = hasBias ? (this.take(`${path}.bias`) as tf.Variable<tf.Rank.R1>) : undefined;
+    return new Linear(path, kernel, bias, layout);
+  }
+
+  stateDict(): TensorMap {
+    const out: TensorMap = new Map();
+    for (const { name, variable, transposed } of this.owned) {
+      const value = transposed ? tf.transpose(variable) : variable;
+      out.set(name, { shape: [...value.shape], data: Float32Array.from(value.dataSync() as Float32Array) });
+      if (transposed) value.dispose();
+    }
+    return out;
+  }
+
+  parameterCount(): number {
+    return this.owned.reduce((sum, { variable }) => sum + variable.size, 0);
+  }
+
+  dispose(): void {
+    for (const { variable } of this.owned) variable.dispose();
+    for (const variable of this.derived) variable.dispose();
+  }
+
+  private consume(name: string): tf.Tensor {
+    const tensor = this.weights.get(name);
+    if (!tensor) throw new Error(`model weights: "${name}" is missing (the loader checks this; is the weight list out of date?)`);
+    this.weights.delete(name);
+    return tensor;
+  }
+
+  private own(name: string, tensor: tf.Tensor, transposed: boolean): tf.Variable {
+    // A variable shares the tensor's data; disposing the tensor leaves the variable its only owner.
+    const variable = tf.variable(tensor, false);
+    tensor.dispose();
+    this.owned.push({ name, variable, transposed });
+    return variable;
+  }
+}
+
+/** Reads the forward options every linear module sees. */
+export function forwardContext(inputs: ModelInputs): ForwardContext {
+  return { training: inputs.training ?? false, disableAdapters: inputs.disableAdapters ?? false };
+}
+
+/** The input embeddings [batch, seq, hidden], from ids or given directly. */
+export function inputEmbeddings(model: CausalLM, inputs: ModelInputs): tf.Tensor3D {
+  if ((inputs.inputIds === undefined) === (inputs.inputsEmbeds === undefined)) {
+    throw new Error("model forward: give exactly one of inputIds and inputsEmbeds");
+  }
+  if (inputs.inputsEmbeds) {
+    const width = inputs.inputsEmbeds.shape[2];
+    if (width !== model.config.hiddenSize) {
+      throw new Error(`model forward: inputsEmbeds have width ${width}, the model's hidden size is ${model.config.hiddenSize}`);
+    }
+    return inputs.inputsEmbeds;
+  }
+  return model.embed(inputs.inputIds!);
+}
+
+/** The prefix length shared by every layer's prefix, after checking there is one per layer. */
+export function prefixLength(prefix: readonly KeyValuePrefix[] | undefined, numLayers: number): number {
+  if (!prefix) return 0;
+  if (prefix.length !== numLayers) {
+    throw new Error(`model forward: pastKeyValuesPrefix has ${prefix.length} entries, the model has ${numLayers} layers`);
+  }
+  return prefix[0]!.key.shape[2];
+}
+
+/** Puts a layer's prefix before its keys or values [batch, heads, seq, headDim] along the sequence axis. */
+export function withPrefix(prefix: tf.Tensor4D | undefined, tensor: tf.Tensor4D): tf.Tensor4D {
+  if (!prefix) return tensor;
+  const batch = tensor.shape[0];
+  const broadcast = prefix.shape[0] === batch ? prefix : tf.tile(prefix, [batch, 1, 1, 1]);
+  return tf.concat([broadcast, tensor], 2);
+}
