@@ -4,6 +4,7 @@
 import type { Phase } from "./finetunejob.ts";
 
 const conditionTypeDocs = {
+  PreflightChecked: "A small CPU-only pod checked that the model, tokenizer and dataset exist and parse, before any GPU was held.",
   Admitted: "The queue admitted the job: its resources are reserved and a trainer pod may run.",
   Running: "A trainer pod is running (True), or is not running and why (False).",
   Succeeded: "The job finished and its outputs are complete.",
@@ -13,7 +14,10 @@ const conditionTypeDocs = {
 
 const reasonDocs = {
   InvalidSpec: "The spec breaks a rule that the API server did not enforce; the message names each field.",
+  PreflightRunning: "The preflight pod is checking the model, tokenizer and dataset.",
+  PreflightPassed: "The model, tokenizer and dataset exist and parse.",
   Queued: "The job waits in its queue for resources.",
+  PreflightChecked: "A small CPU-only pod checked that the model, tokenizer and dataset exist and parse, before any GPU was held.",
   Admitted: "The queue admitted the job.",
   PodCreated: "A trainer pod was created and is starting.",
   Training: "The trainer is training.",

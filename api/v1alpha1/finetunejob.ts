@@ -492,7 +492,7 @@ const specSchema = s
 // status
 
 const conditionSchema = s.object("An observation of one aspect of the job, in the metav1.Condition shape.", {
-  type: s.string("Condition type: Admitted, Running, Succeeded, Failed or Suspended.", {
+  type: s.string("Condition type: PreflightChecked, Admitted, Running, Succeeded, Failed or Suspended.", {
     minLength: 1,
     maxLength: 316,
     pattern: CONDITION_TYPE_PATTERN,
@@ -532,6 +532,7 @@ const statusSchema = s.object("What the operator observed; written by the operat
     time: s.dateTime("When the checkpoint was completed.").required(),
   }),
   attempts: s.integer("Trainer pods started so far, retries included.", { minimum: 0 }),
+  failedAttempts: s.integer("Attempts that failed and count against runPolicy.backoffLimit (suspensions do not).", { minimum: 0 }),
   startTime: s.dateTime("When the first trainer pod started; from then on only spec.runPolicy.suspend may change."),
   completionTime: s.dateTime("When the job succeeded or failed."),
   outputs: s.object("What the job wrote, once it has succeeded.", {

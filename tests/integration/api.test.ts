@@ -42,14 +42,14 @@ describe("the FineTuneJob CRD on a real API server", () => {
   });
 
   it.each(fixtures.map((fixture) => [fixture.name, fixture] as const))("refuses %s, naming the field, as validate does", async (_name, fixture) => {
-    const withNamespace = (object: Record<string, unknown>) => ({ ...object, metadata: { ...(object.metadata as object), namespace } });
+    const withNamespace = (object: Record<string, unknown>) => ({ ...object, metadata: { ...(object.metadata as { name: string }), namespace } });
     let refusal: unknown;
     if (fixture.operation === "create") {
       refusal = await client.create(jobs(), withNamespace(fixture.object), { fieldValidation: "Strict", dryRun: "All" }).catch((error: unknown) => error);
     } else {
       const old = withNamespace(fixture.oldObject!);
       const created = await client.create<{ metadata: { resourceVersion: string } }>(jobs(), old);
-      const name = (old.metadata as { name: string }).name;
+      const name = old.metadata.name;
       const withStatus = await client.replace<{ metadata: { resourceVersion: string } }>(
         `${jobs()}/${name}/status`,
         { ...old, metadata: { ...(old.metadata as object), resourceVersion: created.metadata.resourceVersion } },

@@ -1,0 +1,2 @@
+export * from "./bpe-trainer.ts";
+export * from "./tokenizer.ts";
