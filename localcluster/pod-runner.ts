@@ -1,6 +1,6 @@
 import type { V1Container, V1EnvVar, V1Node, V1Pod, V1PodCondition, V1Toleration } from "@kubernetes/client-node";
 import { spawn, type ChildProcess } from "node:child_process";
-import { chownSync, createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { chownSync, createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -92,7 +92,8 @@ export class PodRunner {
   }
 
   async start(): Promise<void> {
-    mkdirSync(this.options.workDir, { recursive: true });
+    mkdirSync(this.options.workDir, { recursive: true, mode: 0o755 });
+    if (process.getuid?.() === 0) assertTraversable(this.options.workDir);
     await this.registerNode();
     this.pods.on({
       add: (pod) => this.enqueue(pod),
@@ -291,7 +292,7 @@ export class PodRunner {
     if (command.length === 0) return this.writeWaiting(pod, "CreateContainerError", "no command: the container sets none and the image has no entrypoint");
 
     const dir = this.podDir(namespace, name);
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
     const user = container.securityContext?.runAsUser ?? pod.spec?.securityContext?.runAsUser;
     const group = container.securityContext?.runAsGroup ?? pod.spec?.securityContext?.runAsGroup ?? user;
     const asUser = process.getuid?.() === 0 && user !== undefined ? { uid: user, gid: group ?? user } : undefined;
@@ -570,6 +571,19 @@ export class PodRunner {
     } catch (error) {
       if (!isNotFound(error) && !(error instanceof ApiError && error.status === 409)) throw error;
     }
+  }
+}
+
+/**
+ * Pods with a runAsUser run as that user, who must be able to reach the pod folders: every
+ * folder above workDir must be searchable by others (mkdtemp makes 0700 folders, which are not).
+ */
+function assertTraversable(dir: string): void {
+  for (let current = path.resolve(dir); ; current = path.dirname(current)) {
+    if ((statSync(current).mode & 0o001) === 0) {
+      throw new Error(`the pod runner's folder ${dir} is not reachable by non-root pods: ${current} is not searchable by others (chmod o+x ${current}, or choose another folder)`);
+    }
+    if (current === path.dirname(current)) return;
   }
 }
 

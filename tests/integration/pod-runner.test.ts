@@ -1,6 +1,6 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdtemp } from "node:fs/promises";
+import { chmod, mkdtemp } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -19,6 +19,7 @@ describe("the local pod runner", () => {
   beforeAll(async () => {
     namespace = await createNamespace("runner");
     scratch = await mkdtemp(path.join(os.tmpdir(), "kubetune-runner-test-"));
+    await chmod(scratch, 0o711);
     runner = new PodRunner({
       client,
       workDir: path.join(scratch, "pods"),

@@ -1,0 +1,239 @@
+import type { V1Pod } from "@kubernetes/client-node";
+import { isDeepStrictEqual } from "node:util";
+import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { ApiError, isNotFound, resourcePath, type KubeClient } from "../../kube/client.ts";
+import { Informer } from "../../kube/informer.ts";
+import type { OperatorMetrics } from "../metrics.ts";
+import { progressToken } from "../progress/token.ts";
+import type { EventRecorder } from "../runtime/events.ts";
+import { WorkQueue } from "../runtime/workqueue.ts";
+import { decide, type Action, type DecideSettings } from "./decide.ts";
+import { FINALIZER, LABEL_JOB_NAME, TOKEN_SECRET_KEY, tokenSecretName } from "./pods.ts";
+
+export interface ControllerOptions {
+  client: KubeClient;
+  settings: DecideSettings;
+  /** Key the progress tokens are derived from. */
+  tokenKey: Buffer;
+  metrics: OperatorMetrics;
+  events: EventRecorder;
+  /** Watch only these namespaces; all when empty. */
+  namespaces: string[];
+  /** Reconciles run at once (different jobs; one job is never reconciled twice at a time). */
+  concurrency: number;
+  log: (message: string) => void;
+}
+
+/**
+ * The FineTuneJob controller: informers feed a de-duplicating work queue; each worker takes a
+ * job key and runs observe (from the caches) -> decide (pure) -> act (API calls) -> write
+ * status. Failed reconciles are retried with per-key exponential backoff.
+ */
+export class FineTuneJobController {
+  readonly jobs: Informer<FineTuneJob>[];
+  readonly pods: Informer<V1Pod>[];
+  private readonly queue = new WorkQueue({ baseMs: 100, maxMs: 60_000 });
+  private workers: Promise<void>[] = [];
+  private running = false;
+  /** Secrets this process already made sure of: a cache of work done, not state. */
+  private readonly ensuredSecrets = new Set<string>();
+  /** Reconciles completed since start; the benchmark reads it. */
+  reconciles = 0;
+
+  constructor(private readonly options: ControllerOptions) {
+    const scopes = options.namespaces.length ? options.namespaces : [undefined];
+    this.jobs = scopes.map(
+      (namespace) => new Informer<FineTuneJob>(options.client, { path: resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace }), resyncMs: 5 * 60_000, log: options.log }),
+    );
+    this.pods = scopes.map(
+      (namespace) =>
+        new Informer<V1Pod>(options.client, {
+          path: resourcePath({ group: "", version: "v1", plural: "pods", namespace }),
+          labelSelector: LABEL_JOB_NAME,
+          log: options.log,
+        }),
+    );
+    const enqueueJob = (job: FineTuneJob) => this.queue.add(`${job.metadata.namespace}/${job.metadata.name}`);
+    for (const informer of this.jobs) {
+      informer.on({
+        add: enqueueJob,
+        update: enqueueJob,
+        delete: (job) => {
+          options.metrics.removeJob(job.metadata.namespace!, job.metadata.name!);
+          this.ensuredSecrets.delete(job.metadata.uid ?? "");
+        },
+      });
+    }
+    const enqueueOwner = (pod: V1Pod) => {
+      const jobName = pod.metadata?.labels?.[LABEL_JOB_NAME];
+      if (jobName) this.queue.add(`${pod.metadata?.namespace}/${jobName}`);
+    };
+    for (const informer of this.pods) informer.on({ add: enqueueOwner, update: enqueueOwner, delete: enqueueOwner });
+  }
+
+  /** Fills the caches; call before start(). */
+  async sync(): Promise<void> {
+    await Promise.all([...this.jobs, ...this.pods].map((informer) => informer.start()));
+  }
+
+  /** Starts the workers (only the leader calls this). */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    for (const informer of this.jobs) for (const job of informer.list()) this.queue.add(`${job.metadata.namespace}/${job.metadata.name}`);
+    this.workers = Array.from({ length: this.options.concurrency }, () => this.work());
+  }
+
+  async stop(): Promise<void> {
+    this.queue.shutDown();
+    await Promise.all(this.workers);
+    await Promise.all([...this.jobs, ...this.pods].map((informer) => informer.stop()));
+  }
+
+  /** True while every informer has synced and holds a watch: the readiness probe. */
+  isHealthy(): boolean {
+    return [...this.jobs, ...this.pods].every((informer) => informer.hasSynced() && informer.isWatching());
+  }
+
+  job(namespace: string, name: string): FineTuneJob | undefined {
+    for (const informer of this.jobs) {
+      const job = informer.get(namespace, name);
+      if (job) return job;
+    }
+    return undefined;
+  }
+
+  allJobs(): FineTuneJob[] {
+    return this.jobs.flatMap((informer) => informer.list());
+  }
+
+  private async work(): Promise<void> {
+    for (;;) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      const started = process.hrtime.bigint();
+      try {
+        const requeueAfter = await this.reconcile(key);
+        this.queue.forget(key);
+        if (requeueAfter !== undefined) this.queue.addAfter(key, requeueAfter * 1000);
+      } catch (error) {
+        this.options.metrics.reconcileErrors.inc();
+        const delay = this.queue.addRateLimited(key);
+        if (!(error instanceof ApiError && error.status === 409)) {
+          this.options.log(`reconcile ${key} failed, retrying in ${delay}ms: ${(error as Error).message}`);
+        }
+      } finally {
+        this.reconciles += 1;
+        this.options.metrics.reconcileDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
+        this.queue.done(key);
+      }
+    }
+  }
+
+  /** One reconcile of one job; returns seconds until it should run again, if a timer is due. */
+  private async reconcile(key: string): Promise<number | undefined> {
+    const [namespace, name] = key.split("/") as [string, string];
+    const job = this.job(namespace, name);
+    this.options.metrics.countJobs(this.allJobs());
+    if (!job) return undefined;
+    const pods = this.pods
+      .flatMap((informer) => informer.list())
+      .filter((pod) => pod.metadata?.namespace === namespace && pod.metadata?.labels?.[LABEL_JOB_NAME] === name)
+      .filter((pod) => pod.metadata?.ownerReferences?.some((owner) => owner.uid === job.metadata.uid));
+    const decision = decide(job, pods, new Date(), this.options.settings);
+    for (const action of decision.actions) await this.act(job, action);
+    if (decision.status && !job.metadata.deletionTimestamp) await this.writeStatus(job, decision.status);
+    for (const event of decision.events) await this.options.events.record(job, event.type, event.reason, event.message);
+    this.observeMetrics(job, decision);
+    return decision.requeueAfterSeconds;
+  }
+
+  private async act(job: FineTuneJob, action: Action): Promise<void> {
+    const { client } = this.options;
+    const namespace = job.metadata.namespace!;
+    const jobPath = resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name: job.metadata.name });
+    const podPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "pods", namespace, name });
+    const secretPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name });
+    switch (action.kind) {
+      case "addFinalizer":
+        await client.patch(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "add", path: "/metadata/finalizers", value: [...(job.metadata.finalizers ?? []), FINALIZER] }], "json");
+        return;
+      case "removeFinalizer":
+        await client
+          .patch(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "replace", path: "/metadata/finalizers", value: (job.metadata.finalizers ?? []).filter((entry) => entry !== FINALIZER) }], "json")
+          .catch(ignoreNotFound);
+        return;
+      case "ensureTokenSecret": {
+        if (this.ensuredSecrets.has(job.metadata.uid!)) return;
+        const secret = {
+          apiVersion: "v1",
+          kind: "Secret",
+          metadata: {
+            name: tokenSecretName(job.metadata.name!),
+            namespace,
+            labels: { [LABEL_JOB_NAME]: job.metadata.name! },
+            ownerReferences: [{ apiVersion: API_VERSION, kind: KIND, name: job.metadata.name!, uid: job.metadata.uid!, controller: true, blockOwnerDeletion: true }],
+          },
+          type: "Opaque",
+          stringData: { [TOKEN_SECRET_KEY]: progressToken(this.options.tokenKey, { namespace, name: job.metadata.name!, uid: job.metadata.uid! }) },
+        };
+        try {
+          await client.create(secretPath(), secret);
+        } catch (error) {
+          if (!(error instanceof ApiError && error.status === 409)) throw error;
+          // It exists (an earlier operator, maybe with another key): make sure it holds our token, without reading it.
+          await client.patch(secretPath(secret.metadata.name), { stringData: secret.stringData, metadata: { ownerReferences: secret.metadata.ownerReferences } });
+        }
+        this.ensuredSecrets.add(job.metadata.uid!);
+        return;
+      }
+      case "deleteTokenSecret":
+        await client.delete(secretPath(tokenSecretName(job.metadata.name!))).catch(ignoreNotFound);
+        this.ensuredSecrets.delete(job.metadata.uid!);
+        return;
+      case "createPod":
+        try {
+          await client.create(podPath(), action.pod);
+        } catch (error) {
+          // Deterministic names: a pod made by an earlier reconcile (or operator) is adopted, not duplicated.
+          if (!(error instanceof ApiError && error.status === 409)) throw error;
+        }
+        return;
+      case "deletePod":
+        await client.delete(podPath(action.name)).catch(ignoreNotFound);
+        return;
+      case "deleteJob":
+        await client.delete(jobPath, { propagationPolicy: "Background" }).catch(ignoreNotFound);
+        return;
+    }
+  }
+
+  /** Writes only the status fields that changed, so progress written by the trainer in between is kept. */
+  private async writeStatus(job: FineTuneJob, status: NonNullable<FineTuneJob["status"]>): Promise<void> {
+    const current = (job.status ?? {}) as Record<string, unknown>;
+    const changed = Object.fromEntries(Object.entries(status).filter(([field, value]) => !isDeepStrictEqual(current[field], value)));
+    if (Object.keys(changed).length === 0) return;
+    const statusPath = resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace: job.metadata.namespace, name: job.metadata.name, subresource: "status" });
+    await this.options.client.patch(statusPath, { status: changed });
+  }
+
+  private observeMetrics(job: FineTuneJob, decision: ReturnType<typeof decide>): void {
+    const { metrics } = this.options;
+    const before = job.status?.phase;
+    const after = decision.status?.phase;
+    const labels = { namespace: job.metadata.namespace!, job: job.metadata.name! };
+    if (after && after !== before && (after === "Succeeded" || after === "Failed") && decision.status?.startTime) {
+      metrics.jobDuration.observe({ result: after }, (Date.now() - Date.parse(decision.status.startTime)) / 1000);
+    }
+    const created = decision.actions.find((action) => action.kind === "createPod" && action.pod.metadata?.labels?.["app.kubernetes.io/component"] === "trainer");
+    if (created && !job.status?.startTime && job.metadata.creationTimestamp) {
+      metrics.queueWait.observe((Date.now() - Date.parse(String(job.metadata.creationTimestamp))) / 1000);
+    }
+    for (const event of decision.events) if (event.reason === "Retrying") metrics.retries.inc({ reason: /\(([A-Za-z]+):/.exec(event.message)?.[1] ?? "Unknown" });
+    metrics.gpus.set(labels, after === "Running" ? (job.spec?.resources?.gpus ?? 0) : 0);
+  }
+}
+
+function ignoreNotFound(error: unknown): void {
+  if (!isNotFound(error)) throw error;
+}

@@ -1,0 +1,201 @@
+import type { V1Pod } from "@kubernetes/client-node";
+import { describe, expect, it } from "vitest";
+import type { FineTuneJob } from "../../api/index.ts";
+import { decide, type DecideSettings } from "./decide.ts";
+import { FINALIZER, trainerPod, preflightPod } from "./pods.ts";
+import { applyDefaults } from "../../api/index.ts";
+
+const settings: DecideSettings = {
+  defaultImage: "ghcr.io/kubetune/kubetune:test",
+  progressUrl: "https://operator.kubetune-system.svc:8443",
+  terminationGraceSeconds: 120,
+  preflight: true,
+  imagePullTimeoutSeconds: 60,
+  unschedulableTimeoutSeconds: 120,
+  retryBackoffBaseSeconds: 10,
+  retryBackoffMaxSeconds: 300,
+};
+const now = new Date("2026-11-28T12:00:00Z");
+const seconds = (n: number) => new Date(now.getTime() + n * 1000);
+
+function job(overrides: { spec?: Record<string, unknown>; status?: FineTuneJob["status"]; deleting?: boolean } = {}): FineTuneJob {
+  return {
+    apiVersion: "kubetune.io/v1alpha1",
+    kind: "FineTuneJob",
+    metadata: { name: "tune", namespace: "team-a", uid: "uid-1", generation: 1, finalizers: [FINALIZER], ...(overrides.deleting ? { deletionTimestamp: now.toISOString() } : {}) },
+    spec: {
+      baseModel: { uri: "s3://models/smollm" },
+      dataset: { train: "s3://data/train.jsonl" },
+      method: { type: "lora" },
+      output: { uri: "s3://out/tune" },
+      storage: { secretRef: { name: "s3-creds" } },
+      resources: { gpus: 1, memory: "16Gi" },
+      ...overrides.spec,
+    },
+    status: overrides.status,
+  } as FineTuneJob;
+}
+
+const preflightPassed = { type: "PreflightChecked", status: "True", reason: "PreflightPassed", message: "", lastTransitionTime: now.toISOString() } as const;
+
+function podOf(j: FineTuneJob, attempt: number, phase: string, extra: Partial<V1Pod["status"]> = {}, failuresBefore = 0): V1Pod {
+  const pod = trainerPod(j, applyDefaults(j.spec), attempt, failuresBefore, settings);
+  pod.metadata!.creationTimestamp = now.toISOString() as never;
+  pod.status = { phase, ...extra };
+  return pod;
+}
+
+function failed(j: FineTuneJob, attempt: number, terminated: object, failuresBefore = 0, finishedAt = now): V1Pod {
+  return podOf(j, attempt, "Failed", { containerStatuses: [{ name: "trainer", image: "", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode: 1, finishedAt: finishedAt.toISOString(), ...terminated } } } as never] }, failuresBefore);
+}
+
+describe("decide", () => {
+  it("adds the finalizer and starts with a preflight pod, before any trainer pod", () => {
+    const fresh = job();
+    fresh.metadata.finalizers = [];
+    const decision = decide(fresh, [], now, settings);
+    expect(decision.actions.map((action) => action.kind)).toEqual(["addFinalizer", "ensureTokenSecret", "createPod"]);
+    const pod = (decision.actions[2] as { pod: V1Pod }).pod;
+    expect(pod.metadata?.name).toBe("tune-preflight");
+    expect(pod.spec?.containers[0]?.resources?.limits?.["nvidia.com/gpu"]).toBeUndefined();
+    expect(decision.status?.phase).toBe("Pending");
+  });
+
+  it("fails at once with the preflight's reason, naming the file and line", () => {
+    const j = job();
+    const pod = preflightPod(j, applyDefaults(j.spec), settings);
+    pod.status = { phase: "Failed", containerStatuses: [{ state: { terminated: { exitCode: 1, message: "InvalidDataset: s3://data/train.jsonl:3: missing field \"output\"" } } } as never] };
+    const decision = decide(j, [pod], now, settings);
+    expect(decision.status?.phase).toBe("Failed");
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "InvalidDataset", message: 'preflight: s3://data/train.jsonl:3: missing field "output"' });
+    expect(decision.actions.some((action) => action.kind === "createPod")).toBe(false);
+  });
+
+  it("creates attempt 1 once preflight passed, with a restricted, credential-free pod spec", () => {
+    const decision = decide(job({ status: { conditions: [preflightPassed] } }), [], now, settings);
+    const pod = (decision.actions.find((action) => action.kind === "createPod") as { pod: V1Pod }).pod;
+    expect(pod.metadata?.name).toBe("tune-train-1");
+    const container = pod.spec!.containers[0]!;
+    expect(container.resources?.limits).toEqual({ "nvidia.com/gpu": "1", memory: "16Gi" });
+    expect(container.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ["ALL"] } });
+    expect(pod.spec?.securityContext?.seccompProfile?.type).toBe("RuntimeDefault");
+    expect(pod.spec?.restartPolicy).toBe("Never");
+    const secretEnv = container.env!.filter((variable) => variable.name.startsWith("AWS_"));
+    expect(secretEnv.every((variable) => variable.value === undefined && variable.valueFrom?.secretKeyRef?.name === "s3-creds")).toBe(true);
+    expect(decision.status).toMatchObject({ phase: "Running", attempts: 1, startTime: now.toISOString() });
+  });
+
+  it("reports a running attempt as Running/Training and creates nothing", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1 } });
+    const decision = decide(j, [podOf(j, 1, "Running")], now, settings);
+    expect(decision.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret"]);
+    expect(decision.status?.conditions?.find((c) => c.type === "Running")).toMatchObject({ status: "True", reason: "Training" });
+  });
+
+  it("retries a failed attempt after its backoff, counting the failure on the new pod", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1 } });
+    const pods = [failed(j, 1, { reason: "Error", message: "CUDA error" })];
+    const waiting = decide(j, pods, seconds(5), settings);
+    expect(waiting.actions.some((action) => action.kind === "createPod")).toBe(false);
+    expect(waiting.requeueAfterSeconds).toBe(5);
+    const retry = decide(j, pods, seconds(11), settings);
+    const pod = (retry.actions.find((action) => action.kind === "createPod") as { pod: V1Pod }).pod;
+    expect(pod.metadata?.name).toBe("tune-train-2");
+    expect(pod.metadata?.annotations?.["kubetune.io/failures-before"]).toBe("1");
+    expect(retry.status).toMatchObject({ attempts: 2, failedAttempts: 1 });
+    expect(retry.events.map((event) => event.reason)).toContain("Retrying");
+  });
+
+  it("fails with BackoffLimitExceeded once failures pass runPolicy.backoffLimit", () => {
+    const j = job({ spec: { runPolicy: { backoffLimit: 1 } }, status: { conditions: [preflightPassed], attempts: 2 } });
+    const pods = [failed(j, 1, { reason: "Error" }), failed(j, 2, { reason: "OOMKilled", exitCode: 137 }, 1)];
+    const decision = decide(j, pods, seconds(600), settings);
+    expect(decision.status?.phase).toBe("Failed");
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "BackoffLimitExceeded" });
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")?.message).toContain("OOMKilled");
+  });
+
+  it("treats a trainer's InvalidDataset as permanent", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1 } });
+    const decision = decide(j, [failed(j, 1, { message: "step 40\nInvalidDataset: s3://data/train.jsonl:812: invalid JSON" })], now, settings);
+    expect(decision.status?.phase).toBe("Failed");
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "InvalidDataset", message: "s3://data/train.jsonl:812: invalid JSON" });
+  });
+
+  it("does not count an evicted pod against the backoff limit", () => {
+    const j = job({ spec: { runPolicy: { backoffLimit: 0 } }, status: { conditions: [preflightPassed], attempts: 1 } });
+    const evicted = podOf(j, 1, "Failed", { reason: "Evicted", message: "The node was low on resource: memory." });
+    const decision = decide(j, [evicted], now, settings);
+    expect(decision.status).toMatchObject({ phase: "Running", attempts: 2, failedAttempts: 0 });
+  });
+
+  it("retries when the attempt's pod vanished", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
+    const decision = decide(j, [], now, settings);
+    expect((decision.actions.find((action) => action.kind === "createPod") as { pod: V1Pod }).pod.metadata?.name).toBe("tune-train-2");
+  });
+
+  it("fails a pod stuck in ImagePullBackOff after the timeout, and not before", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1 } });
+    const pod = podOf(j, 1, "Pending", { containerStatuses: [{ state: { waiting: { reason: "ImagePullBackOff", message: 'Back-off pulling image "x"' } } } as never] });
+    expect(decide(j, [pod], seconds(30), settings).status?.phase).toBe("Running");
+    const decision = decide(j, [pod], seconds(61), settings);
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")?.reason).toBe("ImagePullFailed");
+    expect(decision.actions).toContainEqual({ kind: "deletePod", name: "tune-train-1" });
+  });
+
+  it("fails an unschedulable pod after the timeout", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1 } });
+    const pod = podOf(j, 1, "Pending", { conditions: [{ type: "PodScheduled", status: "False", reason: "Unschedulable", message: "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.", lastTransitionTime: now.toISOString() as never }] });
+    const decision = decide(j, [pod], seconds(121), settings);
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "Unschedulable" });
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")?.message).toContain("Insufficient nvidia.com/gpu");
+  });
+
+  it("suspends by stopping the pod, and resumes with a new attempt that is not a failure", () => {
+    const running = job({ spec: { runPolicy: { suspend: true } }, status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
+    const suspending = decide(running, [podOf(running, 1, "Running")], now, settings);
+    expect(suspending.actions).toContainEqual({ kind: "deletePod", name: "tune-train-1" });
+    expect(suspending.status?.phase).toBe("Suspended");
+    const resumed = job({ status: { ...suspending.status, phase: "Suspended" } });
+    const decision = decide(resumed, [], seconds(30), settings);
+    expect(decision.status).toMatchObject({ phase: "Running", attempts: 2, failedAttempts: 0 });
+    expect(decision.events.map((event) => event.reason)).toContain("Resumed");
+  });
+
+  it("marks success, and deletes the job once ttlSecondsAfterFinished has passed", () => {
+    const j = job({ spec: { runPolicy: { ttlSecondsAfterFinished: 60 } }, status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
+    const done = decide(j, [podOf(j, 1, "Succeeded")], now, settings);
+    expect(done.status?.phase).toBe("Succeeded");
+    expect(done.requeueAfterSeconds).toBe(60);
+    const later = decide(job({ spec: { runPolicy: { ttlSecondsAfterFinished: 60 } }, status: done.status }), [podOf(j, 1, "Succeeded")], seconds(61), settings);
+    expect(later.actions).toContainEqual({ kind: "deleteJob" });
+  });
+
+  it("fails with DeadlineExceeded after activeDeadlineSeconds", () => {
+    const j = job({ spec: { runPolicy: { activeDeadlineSeconds: 100 } }, status: { conditions: [preflightPassed], attempts: 1, startTime: now.toISOString() } });
+    const decision = decide(j, [podOf(j, 1, "Running")], seconds(101), settings);
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")?.reason).toBe("DeadlineExceeded");
+    expect(decision.actions).toContainEqual({ kind: "deletePod", name: "tune-train-1" });
+  });
+
+  it("refuses an invalid spec with InvalidSpec naming each field, even if the API server let it in", () => {
+    const decision = decide(job({ spec: { method: { type: "lora", lora: { r: 0 } }, dataset: { train: "data/local.jsonl" } } }), [], now, settings);
+    const failedCondition = decision.status?.conditions?.find((c) => c.type === "Failed");
+    expect(failedCondition?.reason).toBe("InvalidSpec");
+    expect(failedCondition?.message).toContain("spec.method.lora.r");
+    expect(failedCondition?.message).toContain("spec.dataset.train");
+  });
+
+  it("on deletion stops every pod, then releases the finalizer once they are gone", () => {
+    const j = job({ deleting: true, status: { attempts: 1 } });
+    expect(decide(j, [podOf(j, 1, "Running")], now, settings).actions).toEqual([{ kind: "deletePod", name: "tune-train-1" }]);
+    expect(decide(j, [], now, settings).actions).toEqual([{ kind: "deleteTokenSecret" }, { kind: "removeFinalizer" }]);
+  });
+
+  it("is idempotent: the same world gives the same decision", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1 } });
+    const pods = [failed(j, 1, { reason: "Error" })];
+    expect(decide(j, pods, seconds(20), settings)).toEqual(decide(j, pods, seconds(20), settings));
+  });
+});

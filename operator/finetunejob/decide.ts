@@ -1,0 +1,333 @@
+import type { V1Pod } from "@kubernetes/client-node";
+import {
+  applyDefaults,
+  describeProblems,
+  validate,
+  type Condition,
+  type ConditionType,
+  type FineTuneJob,
+  type FineTuneJobStatus,
+  type Phase,
+  type Reason,
+} from "../../api/index.ts";
+import {
+  ANNOTATION_FAILURES_BEFORE,
+  FINALIZER,
+  LABEL_ATTEMPT,
+  LABEL_COMPONENT,
+  preflightPod,
+  preflightPodName,
+  trainerPod,
+  trainerPodName,
+  type PodSettings,
+} from "./pods.ts";
+
+/**
+ * The reconcile decision for one FineTuneJob, as a pure function of what the cluster shows:
+ * the job and the pods it owns. Nothing is remembered between calls; every fact the decision
+ * needs (attempt numbers, failures counted so far, when a pod got stuck) is read back from
+ * the objects themselves, so a restarted operator decides exactly as the old one would have.
+ */
+
+export interface DecideSettings extends PodSettings {
+  /** Run a CPU-only preflight pod before the first trainer pod. */
+  preflight: boolean;
+  /** A pod stuck pulling its image this long fails the job with ImagePullFailed. */
+  imagePullTimeoutSeconds: number;
+  /** A pod the scheduler cannot place this long fails the job with Unschedulable. */
+  unschedulableTimeoutSeconds: number;
+  /** Delay before retry n is base * 2^(n-1), capped at max. */
+  retryBackoffBaseSeconds: number;
+  retryBackoffMaxSeconds: number;
+}
+
+export type Action =
+  | { kind: "addFinalizer" }
+  | { kind: "removeFinalizer" }
+  | { kind: "ensureTokenSecret" }
+  | { kind: "deleteTokenSecret" }
+  | { kind: "createPod"; pod: V1Pod }
+  | { kind: "deletePod"; name: string }
+  | { kind: "deleteJob" };
+
+export interface JobEvent {
+  type: "Normal" | "Warning";
+  reason: Reason | string;
+  message: string;
+}
+
+export interface Decision {
+  actions: Action[];
+  /** The status to write; undefined when the job is being deleted. */
+  status?: FineTuneJobStatus;
+  events: JobEvent[];
+  /** Reconcile again after this long, for timeouts and backoffs that no watch event signals. */
+  requeueAfterSeconds?: number;
+}
+
+/** Reasons after which retrying cannot help: the inputs or the spec must change. */
+const PERMANENT_REASONS = new Set<string>(["InvalidSpec", "InvalidDataset", "ModelNotFound", "StorageAccessDenied", "InvalidModel"]);
+
+/** How a finished or vanished attempt ended. */
+interface Outcome {
+  reason: Reason;
+  message: string;
+  /** Counts against backoffLimit (preemption and eviction do not). */
+  countsAsFailure: boolean;
+  permanent: boolean;
+  finishedAt?: Date;
+}
+
+export function decide(job: FineTuneJob, pods: V1Pod[], now: Date, settings: DecideSettings): Decision {
+  const name = job.metadata.name!;
+  const actions: Action[] = [];
+  const events: JobEvent[] = [];
+  const current = job.status ?? {};
+  const trainers = pods
+    .filter((pod) => pod.metadata?.labels?.[LABEL_COMPONENT] === "trainer")
+    .sort((a, b) => attemptOf(a) - attemptOf(b));
+  const preflight = pods.find((pod) => pod.metadata?.name === preflightPodName(name));
+  const active = pods.filter((pod) => !isFinished(pod) && !pod.metadata?.deletionTimestamp);
+
+  if (job.metadata.deletionTimestamp) {
+    // Deleted: stop every pod (graceful, so the trainer checkpoints), then let the job go.
+    for (const pod of pods) if (!pod.metadata?.deletionTimestamp) actions.push({ kind: "deletePod", name: pod.metadata!.name! });
+    if (pods.length === 0) actions.push({ kind: "deleteTokenSecret" }, { kind: "removeFinalizer" });
+    return { actions, events, requeueAfterSeconds: pods.length ? 2 : undefined };
+  }
+  if (!job.metadata.finalizers?.includes(FINALIZER)) actions.push({ kind: "addFinalizer" });
+
+  const status: FineTuneJobStatus = { ...current, observedGeneration: job.metadata.generation };
+  const setCondition = (type: ConditionType, value: "True" | "False", reason: Reason, message: string) => {
+    status.conditions = withCondition(status.conditions ?? [], { type, status: value, reason, message, lastTransitionTime: now.toISOString(), observedGeneration: job.metadata.generation }, now);
+  };
+  const finish = (phase: "Succeeded" | "Failed", reason: Reason, message: string): Decision => {
+    for (const pod of active) actions.push({ kind: "deletePod", name: pod.metadata!.name! });
+    status.phase = phase;
+    status.completionTime = current.completionTime ?? now.toISOString();
+    if (phase === "Succeeded") {
+      setCondition("Succeeded", "True", reason, message);
+      if (status.progress) status.progress = { ...status.progress, percent: 100, etaSeconds: 0, eta: "0s" };
+    } else {
+      setCondition("Failed", "True", reason, message);
+    }
+    setCondition("Running", "False", reason, message);
+    if (current.phase !== phase) events.push({ type: phase === "Succeeded" ? "Normal" : "Warning", reason, message });
+    return { actions, status, events, requeueAfterSeconds: ttlRemaining(job, status, now) };
+  };
+
+  // Finished jobs only wait for their TTL.
+  if (current.phase === "Succeeded" || current.phase === "Failed") {
+    for (const pod of active) actions.push({ kind: "deletePod", name: pod.metadata!.name! });
+    const remaining = ttlRemaining(job, status, now);
+    if (remaining === 0) actions.push({ kind: "deleteJob" });
+    return { actions, status, events, requeueAfterSeconds: remaining || undefined };
+  }
+
+  // The API server may not enforce CEL (older versions ignore it): check every rule here too.
+  const problems = [...validate(job), ...clusterOnlyProblems(job)];
+  if (problems.length > 0) return finish("Failed", "InvalidSpec", describeProblems(problems));
+  const spec = applyDefaults(job.spec);
+
+  const deadline = spec.runPolicy.activeDeadlineSeconds;
+  if (deadline !== undefined && current.startTime && now.getTime() - Date.parse(current.startTime) > deadline * 1000) {
+    return finish("Failed", "DeadlineExceeded", `the job ran longer than runPolicy.activeDeadlineSeconds (${deadline}s)`);
+  }
+
+  // Suspended: stop the trainer (SIGTERM makes it checkpoint) and hold.
+  if (spec.runPolicy.suspend) {
+    for (const pod of active) actions.push({ kind: "deletePod", name: pod.metadata!.name! });
+    status.phase = "Suspended";
+    if (current.phase !== "Suspended") {
+      const message = active.length ? "the trainer is saving a checkpoint and stopping" : "the job is held until runPolicy.suspend is false";
+      setCondition("Suspended", "True", "Suspended", message);
+      setCondition("Running", "False", "Suspended", message);
+      events.push({ type: "Normal", reason: "Suspended", message });
+    }
+    return { actions, status, events };
+  }
+  const resuming = current.phase === "Suspended";
+  if (resuming) {
+    setCondition("Suspended", "False", "Resumed", "runPolicy.suspend is false: training resumes from the last checkpoint");
+    events.push({ type: "Normal", reason: "Resumed", message: "training resumes from the last checkpoint" });
+  }
+
+  actions.push({ kind: "ensureTokenSecret" });
+
+  // Preflight: check the inputs on a small CPU pod before the first trainer pod holds a GPU.
+  const preflightPassed = status.conditions?.some((condition) => condition.type === "PreflightChecked" && condition.status === "True");
+  if (settings.preflight && !preflightPassed && trainers.length === 0) {
+    status.phase = "Pending";
+    if (!preflight) {
+      actions.push({ kind: "createPod", pod: preflightPod(job, spec, settings) });
+      setCondition("PreflightChecked", "False", "PreflightRunning", "checking that the model, tokenizer and dataset exist and parse");
+      return { actions, status, events };
+    }
+    if (preflight.status?.phase === "Succeeded") {
+      setCondition("PreflightChecked", "True", "PreflightPassed", "the model, tokenizer and dataset exist and parse");
+      actions.push({ kind: "deletePod", name: preflight.metadata!.name! });
+      events.push({ type: "Normal", reason: "PreflightPassed", message: "the model, tokenizer and dataset exist and parse" });
+    } else if (preflight.status?.phase === "Failed") {
+      const outcome = outcomeOf(preflight);
+      return finish("Failed", outcome.reason, `preflight: ${outcome.message}`);
+    } else {
+      const stuck = stuckReason(preflight, now, settings);
+      if (stuck) return finish("Failed", stuck.reason, `preflight pod: ${stuck.message}`);
+      return { actions, status, events, requeueAfterSeconds: stuckCheckDelay(settings) };
+    }
+  }
+
+  const latest = trainers.at(-1);
+  const attempt = latest ? attemptOf(latest) : 0;
+  status.attempts = Math.max(current.attempts ?? 0, attempt);
+  let failures = latest ? Number(latest.metadata?.annotations?.[ANNOTATION_FAILURES_BEFORE] ?? 0) : 0;
+  status.failedAttempts = failures;
+
+  if (latest && !latest.metadata?.deletionTimestamp && !isFinished(latest)) {
+    // An attempt is under way.
+    const stuck = stuckReason(latest, now, settings);
+    if (stuck) return finish("Failed", stuck.reason, stuck.message);
+    status.phase = "Running";
+    const running = latest.status?.phase === "Running";
+    setCondition("Running", running ? "True" : "False", running ? "Training" : "PodCreated", running ? `attempt ${attempt} is training` : `attempt ${attempt} is starting`);
+    return { actions, status, events, requeueAfterSeconds: running ? undefined : stuckCheckDelay(settings) };
+  }
+  if (latest?.metadata?.deletionTimestamp) {
+    // Being stopped (we asked, or someone else did): wait for it to go.
+    status.phase = "Running";
+    return { actions, status, events, requeueAfterSeconds: 2 };
+  }
+
+  if (latest?.status?.phase === "Succeeded") return finish("Succeeded", "Completed", `attempt ${attempt} finished; outputs are in ${spec.output.uri}`);
+
+  let retryReason: Reason | undefined;
+  let retryMessage = "";
+  if (latest || (current.attempts ?? 0) > 0) {
+    // The latest attempt failed, or its pod vanished (deleted, evicted, node lost), or we stopped it for a suspension.
+    const outcome: Outcome = latest
+      ? outcomeOf(latest)
+      : resuming
+        ? { reason: "Resumed", message: "resuming after suspension", countsAsFailure: false, permanent: false }
+        : { reason: "Preempted", message: `the pod of attempt ${current.attempts} disappeared (deleted or evicted)`, countsAsFailure: false, permanent: false };
+    if (outcome.permanent) return finish("Failed", outcome.reason, outcome.message);
+    if (outcome.countsAsFailure) failures += 1;
+    status.failedAttempts = failures;
+    if (failures > spec.runPolicy.backoffLimit) {
+      return finish("Failed", "BackoffLimitExceeded", `${failures} attempts failed, more than runPolicy.backoffLimit (${spec.runPolicy.backoffLimit}) allows; the last: ${outcome.reason}: ${outcome.message}`);
+    }
+    if (outcome.countsAsFailure && outcome.finishedAt) {
+      const delay = Math.min(settings.retryBackoffMaxSeconds, settings.retryBackoffBaseSeconds * 2 ** (failures - 1));
+      const waitSeconds = (outcome.finishedAt.getTime() + delay * 1000 - now.getTime()) / 1000;
+      if (waitSeconds > 0) {
+        status.phase = "Running";
+        setCondition("Running", "False", "Retrying", `attempt ${attempt} failed (${outcome.reason}: ${outcome.message}); retrying in ${Math.ceil(waitSeconds)}s from the last checkpoint`);
+        return { actions, status, events, requeueAfterSeconds: Math.ceil(waitSeconds) };
+      }
+    }
+    retryReason = outcome.reason;
+    retryMessage = outcome.message;
+  }
+
+  // Start the next attempt; it resumes from the newest checkpoint by itself.
+  const next = Math.max(attempt, current.attempts ?? 0) + 1;
+  actions.push({ kind: "createPod", pod: trainerPod(job, spec, next, failures, settings) });
+  status.attempts = next;
+  status.phase = "Running";
+  status.startTime = current.startTime ?? now.toISOString();
+  setCondition("Running", "False", "PodCreated", `attempt ${next} is starting`);
+  if (retryReason && retryReason !== "Resumed") {
+    events.push({ type: "Warning", reason: "Retrying", message: `attempt ${next - 1} ended (${retryReason}: ${retryMessage}); attempt ${next} resumes from the last checkpoint` });
+  }
+  events.push({ type: "Normal", reason: "PodCreated", message: `created trainer pod ${trainerPodName(name, next)} (attempt ${next})` });
+  return { actions, status, events, requeueAfterSeconds: stuckCheckDelay(settings) };
+}
+
+/** Rules the schema cannot express: a pod in a cluster cannot read this machine's files. */
+function clusterOnlyProblems(job: FineTuneJob): { path: string; message: string }[] {
+  const problems: { path: string; message: string }[] = [];
+  const check = (path: string, uri: string | undefined) => {
+    if (uri !== undefined && !uri.startsWith("s3://")) problems.push({ path, message: `must be an s3:// URI in a cluster: the trainer pod cannot read ${JSON.stringify(uri)} (local paths are for kubetune run)` });
+  };
+  check("spec.baseModel.uri", job.spec?.baseModel?.uri);
+  check("spec.dataset.train", job.spec?.dataset?.train);
+  check("spec.dataset.eval", job.spec?.dataset?.eval);
+  check("spec.output.uri", job.spec?.output?.uri);
+  check("spec.checkpoint.uri", job.spec?.checkpoint?.uri);
+  return problems;
+}
+
+function attemptOf(pod: V1Pod): number {
+  return Number(pod.metadata?.labels?.[LABEL_ATTEMPT] ?? 0);
+}
+
+function isFinished(pod: V1Pod): boolean {
+  return pod.status?.phase === "Succeeded" || pod.status?.phase === "Failed";
+}
+
+/** Reads why a pod failed: the trainer's "Reason: message" termination line, OOM, eviction, or its log tail. */
+function outcomeOf(pod: V1Pod): Outcome {
+  const terminated = pod.status?.containerStatuses?.[0]?.state?.terminated;
+  const finishedAt = terminated?.finishedAt ? new Date(terminated.finishedAt) : undefined;
+  const podReason = pod.status?.reason;
+  if (podReason === "Evicted" || podReason === "Preempted" || podReason === "NodeLost" || podReason === "Shutdown") {
+    return { reason: "Preempted", message: pod.status?.message ?? `the pod was ${podReason.toLowerCase()}`, countsAsFailure: false, permanent: false, finishedAt };
+  }
+  if (terminated?.reason === "OOMKilled") {
+    return { reason: "OOMKilled", message: "the trainer exceeded its memory limit: raise resources.memory or lower batchSize or maxSeqLength", countsAsFailure: true, permanent: false, finishedAt };
+  }
+  const text = (terminated?.message ?? "").trim();
+  // The trainer and preflight end with "Reason: message" lines; the newest permanent one decides.
+  const tagged = text
+    .split("\n")
+    .reverse()
+    .map((line) => /^([A-Z][A-Za-z]+): (.*)$/.exec(line.trim()))
+    .find((match) => match && PERMANENT_REASONS.has(match[1]!));
+  if (tagged) {
+    const reason = (tagged[1] === "InvalidModel" ? "ModelNotFound" : tagged[1]) as Reason;
+    return { reason, message: tagged[2]!, countsAsFailure: true, permanent: true, finishedAt };
+  }
+  const message = text ? text.slice(-1024) : `the trainer exited with code ${terminated?.exitCode ?? "unknown"}`;
+  return { reason: "TrainerFailed", message, countsAsFailure: true, permanent: false, finishedAt };
+}
+
+/** A pod that cannot start for long enough fails the job with the matching reason. */
+function stuckReason(pod: V1Pod, now: Date, settings: DecideSettings): { reason: Reason; message: string } | undefined {
+  const waiting = pod.status?.containerStatuses?.[0]?.state?.waiting;
+  const created = Date.parse(String(pod.metadata?.creationTimestamp ?? now.toISOString()));
+  if (waiting && ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"].includes(waiting.reason ?? "")) {
+    if (now.getTime() - created > settings.imagePullTimeoutSeconds * 1000) {
+      return { reason: "ImagePullFailed", message: `${waiting.reason}: ${waiting.message ?? ""} (for more than ${settings.imagePullTimeoutSeconds}s); check trainer.image and its pull secret`.trim() };
+    }
+  }
+  const scheduled = pod.status?.conditions?.find((condition) => condition.type === "PodScheduled");
+  if (scheduled?.status === "False" && scheduled.reason === "Unschedulable") {
+    const since = Date.parse(String(scheduled.lastTransitionTime ?? created));
+    if (now.getTime() - since > settings.unschedulableTimeoutSeconds * 1000) {
+      return { reason: "Unschedulable", message: `${scheduled.message ?? "no node fits the pod"} (for more than ${settings.unschedulableTimeoutSeconds}s); check resources, nodeSelector, tolerations and affinity` };
+    }
+  }
+  return undefined;
+}
+
+function stuckCheckDelay(settings: DecideSettings): number {
+  return Math.max(1, Math.min(settings.imagePullTimeoutSeconds, settings.unschedulableTimeoutSeconds) / 4);
+}
+
+function ttlRemaining(job: FineTuneJob, status: FineTuneJobStatus, now: Date): number | undefined {
+  const ttl = job.spec?.runPolicy?.ttlSecondsAfterFinished;
+  if (ttl === undefined || !status.completionTime) return undefined;
+  return Math.max(0, Math.ceil((Date.parse(status.completionTime) + ttl * 1000 - now.getTime()) / 1000));
+}
+
+/** Sets a condition, keeping lastTransitionTime when its status did not change (metav1 semantics). */
+export function withCondition(conditions: Condition[], condition: Condition, now: Date): Condition[] {
+  const existing = conditions.find((entry) => entry.type === condition.type);
+  const lastTransitionTime = existing && existing.status === condition.status ? existing.lastTransitionTime : now.toISOString();
+  const updated = { ...condition, lastTransitionTime };
+  return existing ? conditions.map((entry) => (entry.type === condition.type ? updated : entry)) : [...conditions, updated];
+}
+
+/** The phase a status shows, for metrics. */
+export function phaseOf(job: FineTuneJob): Phase {
+  return job.status?.phase ?? "Pending";
+}

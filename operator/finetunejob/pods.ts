@@ -1,0 +1,182 @@
+import type { V1Affinity, V1EnvVar, V1Pod, V1Toleration } from "@kubernetes/client-node";
+import { API_VERSION, KIND, type DefaultedFineTuneJobSpec, type FineTuneJob } from "../../api/index.ts";
+
+/** Labels and annotations on the pods the operator owns. */
+export const LABEL_JOB_NAME = "kubetune.io/job-name";
+export const LABEL_COMPONENT = "app.kubernetes.io/component";
+export const LABEL_ATTEMPT = "kubetune.io/attempt";
+/** Failed attempts counted before this pod was created: how a restarted operator recovers the count. */
+export const ANNOTATION_FAILURES_BEFORE = "kubetune.io/failures-before";
+export const FINALIZER = "kubetune.io/finalizer";
+
+/** The per-job Secret holding the trainer's progress token (the operator creates it, never reads it). */
+export function tokenSecretName(jobName: string): string {
+  return `${jobName}-progress`;
+}
+export const TOKEN_SECRET_KEY = "token";
+
+/** Where the trainer writes scratch files: the root file system is read-only. */
+export const SCRATCH_DIR = "/scratch";
+
+/** What the operator's flags decide about the pods it makes. */
+export interface PodSettings {
+  /** Trainer image when spec.trainer.image is unset. */
+  defaultImage: string;
+  /** HTTPS URL of the operator's progress endpoint, as pods reach it. */
+  progressUrl: string;
+  /** PEM of the CA that signed the progress endpoint's certificate (public). */
+  progressCa?: string;
+  /** Storage settings applied where the spec leaves them unset (dev-cluster points these at its MinIO). */
+  defaultStorage?: { endpoint?: string; region?: string; forcePathStyle?: boolean };
+  /** Seconds a trainer gets to checkpoint after SIGTERM. */
+  terminationGraceSeconds: number;
+  imagePullPolicy?: "Always" | "IfNotPresent" | "Never";
+}
+
+export function trainerPodName(jobName: string, attempt: number): string {
+  return `${jobName}-train-${attempt}`;
+}
+
+export function preflightPodName(jobName: string): string {
+  return `${jobName}-preflight`;
+}
+
+/** The environment both the trainer and the preflight get: the job, storage and credentials. */
+function commonEnv(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, settings: PodSettings): V1EnvVar[] {
+  const storage = { ...settings.defaultStorage, ...stripUndefined(spec.storage) };
+  const env: V1EnvVar[] = [
+    { name: "KUBETUNE_JOB_NAME", value: job.metadata.name },
+    { name: "KUBETUNE_JOB_NAMESPACE", value: job.metadata.namespace },
+    { name: "KUBETUNE_JOB_UID", value: job.metadata.uid },
+    // The whole spec, defaulted: the trainer needs no API access and no RBAC.
+    { name: "KUBETUNE_JOB_SPEC", value: JSON.stringify({ ...spec, storage }) },
+    { name: "HOME", value: SCRATCH_DIR },
+    { name: "TMPDIR", value: SCRATCH_DIR },
+  ];
+  if (storage.region) env.push({ name: "AWS_REGION", value: storage.region });
+  const secretRef = spec.storage.secretRef;
+  if (secretRef) {
+    // Credentials only ever travel as references: never in the spec, the pod spec, logs or status.
+    env.push({ name: "AWS_ACCESS_KEY_ID", valueFrom: { secretKeyRef: { name: secretRef.name, key: secretRef.accessKeyIdKey } } });
+    env.push({ name: "AWS_SECRET_ACCESS_KEY", valueFrom: { secretKeyRef: { name: secretRef.name, key: secretRef.secretAccessKeyKey } } });
+    if (secretRef.sessionTokenKey) {
+      env.push({ name: "AWS_SESSION_TOKEN", valueFrom: { secretKeyRef: { name: secretRef.name, key: secretRef.sessionTokenKey } } });
+    }
+  }
+  return env;
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as Partial<T>;
+}
+
+/** The restricted Pod Security Standard, which trainer and preflight pods meet. */
+function securityContexts() {
+  return {
+    pod: { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: { type: "RuntimeDefault" } },
+    container: {
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      runAsNonRoot: true,
+      capabilities: { drop: ["ALL"] },
+      seccompProfile: { type: "RuntimeDefault" },
+    },
+  };
+}
+
+function ownerReference(job: FineTuneJob) {
+  return { apiVersion: API_VERSION, kind: KIND, name: job.metadata.name!, uid: job.metadata.uid!, controller: true, blockOwnerDeletion: true };
+}
+
+/** The trainer pod of one attempt: deterministic, so a restarted operator never makes a second. */
+export function trainerPod(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, attempt: number, failuresBefore: number, settings: PodSettings): V1Pod {
+  const name = trainerPodName(job.metadata.name!, attempt);
+  const security = securityContexts();
+  const limits: Record<string, string> = {};
+  const requests: Record<string, string> = {};
+  if (spec.resources.gpus > 0) limits["nvidia.com/gpu"] = String(spec.resources.gpus);
+  if (spec.resources.cpu !== undefined) requests.cpu = String(spec.resources.cpu);
+  if (spec.resources.memory !== undefined) {
+    requests.memory = String(spec.resources.memory);
+    limits.memory = String(spec.resources.memory);
+  }
+  const env = [
+    ...commonEnv(job, spec, settings),
+    { name: "KUBETUNE_ATTEMPT", value: String(attempt) },
+    { name: "KUBETUNE_PROGRESS_URL", value: settings.progressUrl },
+    { name: "KUBETUNE_PROGRESS_TOKEN", valueFrom: { secretKeyRef: { name: tokenSecretName(job.metadata.name!), key: TOKEN_SECRET_KEY } } },
+    ...(settings.progressCa ? [{ name: "KUBETUNE_PROGRESS_CA", value: settings.progressCa }] : []),
+  ];
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: {
+      name,
+      namespace: job.metadata.namespace,
+      labels: { "app.kubernetes.io/name": "kubetune", [LABEL_COMPONENT]: "trainer", [LABEL_JOB_NAME]: job.metadata.name!, [LABEL_ATTEMPT]: String(attempt) },
+      annotations: { [ANNOTATION_FAILURES_BEFORE]: String(failuresBefore) },
+      ownerReferences: [ownerReference(job)],
+    },
+    spec: {
+      restartPolicy: "Never",
+      terminationGracePeriodSeconds: settings.terminationGraceSeconds,
+      securityContext: security.pod,
+      automountServiceAccountToken: spec.storage.serviceAccountName !== undefined,
+      ...(spec.storage.serviceAccountName ? { serviceAccountName: spec.storage.serviceAccountName } : {}),
+      ...(spec.resources.nodeSelector ? { nodeSelector: spec.resources.nodeSelector } : {}),
+      ...(spec.resources.tolerations ? { tolerations: spec.resources.tolerations as V1Toleration[] } : {}),
+      ...(spec.resources.affinity ? { affinity: spec.resources.affinity as V1Affinity } : {}),
+      ...(spec.resources.priorityClassName ? { priorityClassName: spec.resources.priorityClassName } : {}),
+      containers: [
+        {
+          name: "trainer",
+          image: spec.trainer.image ?? settings.defaultImage,
+          ...(settings.imagePullPolicy ? { imagePullPolicy: settings.imagePullPolicy } : {}),
+          args: ["train"],
+          env,
+          resources: { ...(Object.keys(requests).length ? { requests } : {}), ...(Object.keys(limits).length ? { limits } : {}) },
+          securityContext: security.container,
+          terminationMessagePolicy: "FallbackToLogsOnError",
+          volumeMounts: [{ name: "scratch", mountPath: SCRATCH_DIR }],
+        },
+      ],
+      volumes: [{ name: "scratch", emptyDir: {} }],
+    },
+  };
+}
+
+/** The preflight pod: CPU only, same image and credentials, checks inputs before a GPU is held. */
+export function preflightPod(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, settings: PodSettings): V1Pod {
+  const security = securityContexts();
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: {
+      name: preflightPodName(job.metadata.name!),
+      namespace: job.metadata.namespace,
+      labels: { "app.kubernetes.io/name": "kubetune", [LABEL_COMPONENT]: "preflight", [LABEL_JOB_NAME]: job.metadata.name! },
+      ownerReferences: [ownerReference(job)],
+    },
+    spec: {
+      restartPolicy: "Never",
+      terminationGracePeriodSeconds: 5,
+      securityContext: security.pod,
+      automountServiceAccountToken: spec.storage.serviceAccountName !== undefined,
+      ...(spec.storage.serviceAccountName ? { serviceAccountName: spec.storage.serviceAccountName } : {}),
+      containers: [
+        {
+          name: "preflight",
+          image: spec.trainer.image ?? settings.defaultImage,
+          ...(settings.imagePullPolicy ? { imagePullPolicy: settings.imagePullPolicy } : {}),
+          args: ["preflight"],
+          env: commonEnv(job, spec, settings),
+          resources: { requests: { cpu: "100m", memory: "256Mi" }, limits: { memory: "1Gi" } },
+          securityContext: security.container,
+          terminationMessagePolicy: "FallbackToLogsOnError",
+          volumeMounts: [{ name: "scratch", mountPath: SCRATCH_DIR }],
+        },
+      ],
+      volumes: [{ name: "scratch", emptyDir: {} }],
+    },
+  };
+}

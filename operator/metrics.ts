@@ -1,0 +1,60 @@
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { PHASES, type FineTuneJob } from "../api/index.ts";
+
+/**
+ * The operator's Prometheus metrics. Per-job series carry only namespace and job labels
+ * (bounded by the number of jobs) and are removed when the job goes.
+ */
+export class OperatorMetrics {
+  readonly registry = new Registry();
+  readonly jobs = new Gauge({ name: "kubetune_jobs", help: "FineTuneJobs by phase and namespace.", labelNames: ["namespace", "phase"], registers: [this.registry] });
+  readonly jobDuration = new Histogram({
+    name: "kubetune_job_duration_seconds",
+    help: "Seconds from a job's start to its success or failure.",
+    labelNames: ["result"],
+    buckets: [60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400],
+    registers: [this.registry],
+  });
+  readonly queueWait = new Histogram({
+    name: "kubetune_job_queue_wait_seconds",
+    help: "Seconds from a job's creation until its first trainer pod was created.",
+    buckets: [1, 5, 15, 60, 300, 900, 3600, 14400],
+    registers: [this.registry],
+  });
+  readonly retries = new Counter({ name: "kubetune_job_retries_total", help: "Attempts retried, by the reason the previous one ended.", labelNames: ["reason"], registers: [this.registry] });
+  readonly reconcileDuration = new Histogram({
+    name: "kubetune_reconcile_duration_seconds",
+    help: "Seconds one reconcile took.",
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly reconcileErrors = new Counter({ name: "kubetune_reconcile_errors_total", help: "Reconciles that failed and were retried.", registers: [this.registry] });
+  readonly progress = new Gauge({ name: "kubetune_job_progress_ratio", help: "step / totalSteps of a job, 0 to 1.", labelNames: ["namespace", "job"], registers: [this.registry] });
+  readonly loss = new Gauge({ name: "kubetune_job_loss", help: "Training loss a job last reported.", labelNames: ["namespace", "job"], registers: [this.registry] });
+  readonly tokensPerSecond = new Gauge({ name: "kubetune_job_tokens_per_second", help: "Training throughput a job last reported.", labelNames: ["namespace", "job"], registers: [this.registry] });
+  readonly gpus = new Gauge({ name: "kubetune_job_gpus", help: "GPUs held by a job's running trainer pod.", labelNames: ["namespace", "job"], registers: [this.registry] });
+
+  /** Recounts jobs by phase from the informer's cache. */
+  countJobs(jobs: FineTuneJob[]): void {
+    this.jobs.reset();
+    const counts = new Map<string, number>();
+    for (const job of jobs) {
+      const key = `${job.metadata.namespace}\u0000${job.status?.phase ?? "Pending"}`;
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+    }
+    const namespaces = new Set(jobs.map((job) => job.metadata.namespace ?? ""));
+    for (const namespace of namespaces) {
+      for (const phase of PHASES) this.jobs.set({ namespace, phase }, counts.get(`${namespace}\u0000${phase}`) ?? 0);
+    }
+  }
+
+  setJobProgress(namespace: string, job: string, values: { ratio?: number; loss?: number; tokensPerSecond?: number }): void {
+    if (values.ratio !== undefined) this.progress.set({ namespace, job }, values.ratio);
+    if (values.loss !== undefined) this.loss.set({ namespace, job }, values.loss);
+    if (values.tokensPerSecond !== undefined) this.tokensPerSecond.set({ namespace, job }, values.tokensPerSecond);
+  }
+
+  removeJob(namespace: string, job: string): void {
+    for (const gauge of [this.progress, this.loss, this.tokensPerSecond, this.gpus]) gauge.remove({ namespace, job });
+  }
+}

@@ -1,0 +1,283 @@
+import type { V1Pod } from "@kubernetes/client-node";
+import { randomBytes } from "node:crypto";
+import { chmod, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { API_VERSION, CRD_FILE, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { isNotFound, resourcePath } from "../../kube/client.ts";
+import { makePki } from "../../localcluster/pki.ts";
+import { PodRunner } from "../../localcluster/pod-runner.ts";
+import { freePort } from "../../localcluster/process.ts";
+import { startOperator, type RunningOperator } from "../../operator/operator.ts";
+import { progressToken } from "../../operator/progress/token.ts";
+import { ProgressReporter } from "../../trainer/progress/reporter.ts";
+import { putTestModel } from "../../trainer/tokenizer/test-tokenizer.ts";
+import { cluster, createNamespace, eventually, kubeClient, kubectl, s3Store } from "./harness.ts";
+
+const SCRIPTED_IMAGE = "kubetune.local/scripted-trainer:test";
+const KUBETUNE_IMAGE = "kubetune.local/kubetune:test";
+const repo = process.cwd();
+const tsx = path.join(repo, "node_modules/tsx/dist/esm/index.mjs");
+
+describe("the operator, with the local pod runner playing the kubelet", () => {
+  const client = kubeClient();
+  let namespace: string;
+  let restricted: string;
+  let runner: PodRunner;
+  let operator: RunningOperator;
+  let operatorOptions: Parameters<typeof startOperator>[0];
+  let tokenKey: Buffer;
+  let ca: string;
+  const jobsPath = (ns: string, name?: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace: ns, name });
+  const podsPath = (ns: string, name?: string) => resourcePath({ group: "", version: "v1", plural: "pods", namespace: ns, name });
+
+  beforeAll(async () => {
+    expect(kubectl(["apply", "--server-side", "-f", CRD_FILE]).status).toBe(0);
+    namespace = await createNamespace("op");
+    restricted = await createNamespace("op-restricted", { "pod-security.kubernetes.io/enforce": "restricted" });
+    const { s3 } = cluster();
+    for (const ns of [namespace, restricted]) {
+      await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace: ns }), {
+        apiVersion: "v1",
+        kind: "Secret",
+        metadata: { name: "s3-creds" },
+        stringData: { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
+      });
+    }
+    const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-operator-test-"));
+    await chmod(dir, 0o755);
+    const pki = await makePki(path.join(dir, "pki"));
+    ca = await readFile(pki.caCert, "utf8");
+    tokenKey = randomBytes(32);
+    await writeFile(path.join(dir, "token.key"), tokenKey);
+    runner = new PodRunner({
+      client,
+      workDir: path.join(dir, "pods"),
+      nodeName: `node-${namespace}`,
+      namespaces: [namespace, restricted],
+      capacity: { cpu: "8", memory: "16Gi", gpus: 0 },
+      images: {
+        [SCRIPTED_IMAGE]: { entrypoint: [process.execPath, "--import", tsx, path.join(repo, "tests/fixtures/scripted-trainer.ts")] },
+        [KUBETUNE_IMAGE]: { entrypoint: [process.execPath, path.join(repo, "bin/kubetune.mjs")] },
+      },
+    });
+    await runner.start();
+    const progressPort = await freePort();
+    operatorOptions = {
+      kubeconfig: cluster().kubeconfig,
+      namespaces: [namespace, restricted],
+      probeAddress: "127.0.0.1:0",
+      progressAddress: `127.0.0.1:${progressPort}`,
+      progressTls: { certFile: pki.servingCert, keyFile: pki.servingKey },
+      progressTokenKeyFile: path.join(dir, "token.key"),
+      leaderElection: { enabled: false, namespace, name: "kubetune-operator" },
+      concurrency: 4,
+      log: () => {},
+      settings: {
+        defaultImage: SCRIPTED_IMAGE,
+        progressUrl: `https://127.0.0.1:${progressPort}`,
+        progressCa: ca,
+        defaultStorage: { endpoint: cluster().s3.endpoint, region: "us-east-1", forcePathStyle: true },
+        terminationGraceSeconds: 10,
+        preflight: false,
+        imagePullTimeoutSeconds: 3,
+        unschedulableTimeoutSeconds: 3,
+        retryBackoffBaseSeconds: 1,
+        retryBackoffMaxSeconds: 5,
+      },
+    };
+    operator = await startOperator(operatorOptions);
+  });
+
+  afterAll(async () => {
+    await operator?.stop();
+    await runner?.stop();
+  });
+
+  function jobManifest(name: string, ns = namespace, spec: Record<string, unknown> = {}): FineTuneJob {
+    return {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: { name, namespace: ns },
+      spec: {
+        baseModel: { uri: `s3://${cluster().s3.bucket}/models/tiny` },
+        dataset: { train: `s3://${cluster().s3.bucket}/data/train.jsonl` },
+        method: { type: "lora" },
+        output: { uri: `s3://${cluster().s3.bucket}/outputs/${name}` },
+        storage: { secretRef: { name: "s3-creds" }, endpoint: cluster().s3.endpoint, forcePathStyle: true },
+        ...spec,
+      },
+    } as FineTuneJob;
+  }
+
+  const getJob = (name: string, ns = namespace) => client.get<FineTuneJob>(jobsPath(ns, name));
+  const podsOf = async (name: string, ns = namespace) =>
+    (await client.list<V1Pod>(podsPath(ns), { labelSelector: `kubetune.io/job-name=${name}` })).items;
+  const waitForPhase = (name: string, phases: string[], ns = namespace, timeoutMs = 60_000) =>
+    eventually(`job ${name} to reach ${phases.join("/")}`, async () => {
+      const job = await getJob(name, ns);
+      return phases.includes(job.status?.phase ?? "") ? job : undefined;
+    }, timeoutMs);
+  const eventsOf = async (name: string, ns = namespace) =>
+    (await client.list<{ reason: string; message: string; involvedObject: { name: string } }>(resourcePath({ group: "", version: "v1", plural: "events", namespace: ns }))).items.filter(
+      (event) => event.involvedObject.name === name,
+    );
+
+  it("takes a job from apply to Succeeded, with progress in status while it runs", async () => {
+    await client.create(jobsPath(namespace), jobManifest("ok-basic"));
+    const running = await eventually("progress in status", async () => {
+      const job = await getJob("ok-basic");
+      return (job.status?.progress?.step ?? 0) > 0 && job.status?.phase === "Running" ? job : undefined;
+    });
+    expect(running.status?.progress).toMatchObject({ totalSteps: 6 });
+    const done = await waitForPhase("ok-basic", ["Succeeded", "Failed"]);
+    expect(done.status?.phase).toBe("Succeeded");
+    expect(done.status).toMatchObject({ attempts: 1, failedAttempts: 0, lastCheckpoint: { step: 3 }, outputs: { trainableParameters: 100 } });
+    expect(done.status?.progress?.percent).toBe(100);
+    expect(done.status?.conditions?.find((condition) => condition.type === "Succeeded")).toMatchObject({ status: "True", reason: "Completed" });
+    expect(done.metadata.finalizers).toContain("kubetune.io/finalizer");
+    const reasons = (await eventsOf("ok-basic")).map((event) => event.reason);
+    expect(reasons).toEqual(expect.arrayContaining(["PodCreated", "Completed"]));
+    const [pod] = await podsOf("ok-basic");
+    expect(pod?.spec?.containers[0]?.env?.find((variable) => variable.name === "AWS_SECRET_ACCESS_KEY")?.value).toBeUndefined();
+    expect(JSON.stringify(done)).not.toContain(cluster().s3.secretAccessKey);
+  });
+
+  it("retries a trainer that crashed, counting the attempt and saying so in an Event", async () => {
+    await client.create(jobsPath(namespace), jobManifest("flaky-one"));
+    const done = await waitForPhase("flaky-one", ["Succeeded", "Failed"]);
+    expect(done.status).toMatchObject({ phase: "Succeeded", attempts: 2, failedAttempts: 1 });
+    const retrying = (await eventsOf("flaky-one")).find((event) => event.reason === "Retrying");
+    expect(retrying?.message).toContain("CUDA error");
+    expect((await podsOf("flaky-one")).map((pod) => pod.metadata?.name).sort()).toEqual(["flaky-one-train-1", "flaky-one-train-2"]);
+  });
+
+  it("fails for good on a trainer's InvalidDataset, naming the file and line", async () => {
+    await client.create(jobsPath(namespace), jobManifest("bad-data"));
+    const done = await waitForPhase("bad-data", ["Succeeded", "Failed"]);
+    expect(done.status?.conditions?.find((condition) => condition.type === "Failed")).toMatchObject({ reason: "InvalidDataset", message: expect.stringContaining("train.jsonl:3: invalid JSON") });
+    expect(done.status?.attempts).toBe(1);
+  });
+
+  it("suspends a running job (the trainer checkpoints on SIGTERM) and resumes it as a new attempt", async () => {
+    await client.create(jobsPath(namespace), jobManifest("long-suspend"));
+    await eventually("training", async () => ((await getJob("long-suspend")).status?.progress?.step ?? 0) >= 2 || undefined);
+    await client.patch(jobsPath(namespace, "long-suspend"), { spec: { runPolicy: { suspend: true } } });
+    const suspended = await waitForPhase("long-suspend", ["Suspended"]);
+    await eventually("the trainer pod to stop", async () => ((await podsOf("long-suspend")).length === 0 ? true : undefined));
+    const afterStop = await getJob("long-suspend");
+    expect(afterStop.status?.lastCheckpoint?.step).toBeGreaterThanOrEqual(2);
+    expect(suspended.status?.conditions?.find((condition) => condition.type === "Suspended")?.status).toBe("True");
+    await client.patch(jobsPath(namespace, "long-suspend"), { spec: { runPolicy: { suspend: false } } });
+    await eventually("attempt 2", async () => ((await podsOf("long-suspend")).some((pod) => pod.metadata?.name === "long-suspend-train-2") ? true : undefined));
+    const resumed = await waitForPhase("long-suspend", ["Running"]);
+    expect(resumed.status).toMatchObject({ attempts: 2, failedAttempts: 0 });
+    await eventually("the Suspended and Resumed events", async () => {
+      const reasons = (await eventsOf("long-suspend")).map((event) => event.reason);
+      return reasons.includes("Suspended") && reasons.includes("Resumed") ? true : undefined;
+    });
+    await client.delete(jobsPath(namespace, "long-suspend"));
+  });
+
+  it("stops the pod and cleans up when a running job is deleted", async () => {
+    await client.create(jobsPath(namespace), jobManifest("long-delete"));
+    await eventually("the trainer to run", async () => ((await podsOf("long-delete"))[0]?.status?.phase === "Running" ? true : undefined));
+    await client.delete(jobsPath(namespace, "long-delete"));
+    await eventually("the job to be gone", async () => getJob("long-delete").then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)));
+    expect(await podsOf("long-delete")).toEqual([]);
+    await expect(client.get(resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name: "long-delete-progress" }))).rejects.toMatchObject({ status: 404 });
+  });
+
+  it("refuses a progress report made with another job's token", async () => {
+    await client.create(jobsPath(namespace), jobManifest("long-token"));
+    const job = await eventually("uid", async () => (await getJob("long-token")).metadata.uid);
+    const reporter = (token: string) => new ProgressReporter({ url: operatorOptions.settings.progressUrl, namespace, name: "long-token", token, ca });
+    const other = progressToken(tokenKey, { namespace, name: "ok-basic", uid: (await getJob("ok-basic")).metadata.uid! });
+    expect(await reporter(other).post({ step: 1 })).toBe(403);
+    expect(await reporter("not-a-token").post({ step: 1 })).toBe(403);
+    expect(await reporter(progressToken(tokenKey, { namespace, name: "long-token", uid: job })).post({ step: 1, totalSteps: 10 })).toBe(204);
+    await client.delete(jobsPath(namespace, "long-token"));
+  });
+
+  it("shows per-job gauges on /metrics while a job runs and drops them when it is deleted", async () => {
+    await client.create(jobsPath(namespace), jobManifest("long-metrics"));
+    const metrics = () => fetch(`http://127.0.0.1:${operator.probePort}/metrics`).then((response) => response.text());
+    const series = `kubetune_job_progress_ratio{namespace="${namespace}",job="long-metrics"}`;
+    await eventually("the job's progress gauge", async () => ((await metrics()).includes(series) ? true : undefined));
+    expect(await metrics()).toMatch(new RegExp(`kubetune_jobs\\{namespace="${namespace}",phase="Running"\\} [1-9]`));
+    await client.delete(jobsPath(namespace, "long-metrics"));
+    await eventually("the gauge to go", async () => ((await metrics()).includes(series) ? undefined : true));
+    expect(await fetch(`http://127.0.0.1:${operator.probePort}/readyz`).then((response) => response.status)).toBe(200);
+  });
+
+  it("adopts a running pod after an operator restart and makes no duplicate", async () => {
+    await client.create(jobsPath(namespace), jobManifest("long-restart"));
+    await eventually("the trainer to run", async () => ((await podsOf("long-restart"))[0]?.status?.phase === "Running" ? true : undefined));
+    await operator.stop();
+    operator = await startOperator(operatorOptions);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const pods = await podsOf("long-restart");
+    expect(pods.map((pod) => pod.metadata?.name)).toEqual(["long-restart-train-1"]);
+    expect((await getJob("long-restart")).status?.attempts).toBe(1);
+    await eventually("progress reaching the new operator", async () => {
+      const before = (await getJob("long-restart")).status?.progress?.step ?? 0;
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      return ((await getJob("long-restart")).status?.progress?.step ?? 0) > before ? true : undefined;
+    });
+    await client.delete(jobsPath(namespace, "long-restart"));
+  });
+
+  it("fails a job whose image never pulls, with ImagePullFailed after the timeout", async () => {
+    await client.create(jobsPath(namespace), jobManifest("ok-nopull", namespace, { trainer: { image: "registry.invalid/kubetune:none" } }));
+    const done = await waitForPhase("ok-nopull", ["Failed"]);
+    expect(done.status?.conditions?.find((condition) => condition.type === "Failed")).toMatchObject({ reason: "ImagePullFailed", message: expect.stringContaining("registry.invalid/kubetune:none") });
+  });
+
+  it("fails a job whose pod never schedules, with Unschedulable after the timeout", async () => {
+    await client.create(jobsPath(namespace), jobManifest("ok-nogpu", namespace, { resources: { gpus: 2 } }));
+    const done = await waitForPhase("ok-nogpu", ["Failed"]);
+    expect(done.status?.conditions?.find((condition) => condition.type === "Failed")).toMatchObject({ reason: "Unschedulable", message: expect.stringContaining("Insufficient nvidia.com/gpu") });
+  });
+
+  it("fails a job that the API server accepted but a cluster cannot run, with InvalidSpec", async () => {
+    await client.create(jobsPath(namespace), jobManifest("ok-local", namespace, { dataset: { train: "data/local.jsonl" } }));
+    const done = await waitForPhase("ok-local", ["Failed"]);
+    expect(done.status?.conditions?.find((condition) => condition.type === "Failed")).toMatchObject({ reason: "InvalidSpec", message: expect.stringContaining("spec.dataset.train") });
+    expect(await podsOf("ok-local")).toEqual([]);
+  });
+
+  it("runs trainer pods in a namespace that enforces the restricted Pod Security Standard", async () => {
+    await client.create(jobsPath(restricted), jobManifest("ok-restricted", restricted));
+    const done = await waitForPhase("ok-restricted", ["Succeeded", "Failed"], restricted);
+    expect(done.status?.phase).toBe("Succeeded");
+  });
+
+  it("fails in preflight, before any trainer pod exists, on a dataset with a bad line", async () => {
+    const store = s3Store("preflight");
+    const { s3 } = cluster();
+    const model = `${store.uri}/model`;
+    await putTestModel(store, "model");
+    await store.put("model/model.safetensors", Buffer.alloc(16));
+    await store.put("data/train.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{"prompt": "e"\n');
+    const manifest = jobManifest("preflight-bad", namespace, {
+      baseModel: { uri: model },
+      dataset: { train: `${store.uri}/data/train.jsonl`, format: "instruction" },
+      trainer: { image: KUBETUNE_IMAGE },
+    });
+    await operator.stop();
+    operator = await startOperator({ ...operatorOptions, settings: { ...operatorOptions.settings, preflight: true } });
+    try {
+      await client.create(jobsPath(namespace), manifest);
+      const done = await waitForPhase("preflight-bad", ["Failed", "Succeeded"], namespace, 90_000);
+      const failed = done.status?.conditions?.find((condition) => condition.type === "Failed");
+      expect(failed?.reason).toBe("InvalidDataset");
+      expect(failed?.message).toContain(`s3://${s3.bucket}/`);
+      expect(failed?.message).toContain("train.jsonl:3:");
+      expect((await podsOf("preflight-bad")).filter((pod) => pod.metadata?.labels?.["app.kubernetes.io/component"] === "trainer")).toEqual([]);
+    } finally {
+      await operator.stop();
+      operator = await startOperator(operatorOptions);
+    }
+  });
+});
