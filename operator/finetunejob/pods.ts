@@ -43,7 +43,12 @@ export function preflightPodName(jobName: string): string {
 
 /** The environment both the trainer and the preflight get: the job, storage and credentials. */
 function commonEnv(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, settings: PodSettings): V1EnvVar[] {
-  const storage = { ...settings.defaultStorage, ...stripUndefined(spec.storage) };
+  // The operator's default endpoint (dev-cluster's MinIO) applies, with its addressing style, only where the job names none.
+  const defaults = settings.defaultStorage;
+  const storage =
+    spec.storage.endpoint === undefined && defaults?.endpoint
+      ? { ...spec.storage, endpoint: defaults.endpoint, region: spec.storage.region ?? defaults.region, forcePathStyle: defaults.forcePathStyle ?? spec.storage.forcePathStyle }
+      : { ...spec.storage, region: spec.storage.region ?? defaults?.region };
   const env: V1EnvVar[] = [
     { name: "KUBETUNE_JOB_NAME", value: job.metadata.name },
     { name: "KUBETUNE_JOB_NAMESPACE", value: job.metadata.namespace },
@@ -64,10 +69,6 @@ function commonEnv(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, settings: P
     }
   }
   return env;
-}
-
-function stripUndefined<T extends object>(value: T): Partial<T> {
-  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as Partial<T>;
 }
 
 /** The restricted Pod Security Standard, which trainer and preflight pods meet. */
