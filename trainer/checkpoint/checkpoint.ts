@@ -30,12 +30,17 @@ interface StateFile<State> {
   state: State;
 }
 
-export function checkpointPrefix(step: number): string {
-  return joinKey(CHECKPOINTS_PREFIX, `step-${String(step).padStart(8, "0")}`);
+/**
+ * `folder` is the store's folder that holds the checkpoints, "checkpoints" unless a job's
+ * checkpoint.uri names another; it is a single path segment, never the store's root, so that
+ * pruning can never touch files beside it.
+ */
+export function checkpointPrefix(step: number, folder = CHECKPOINTS_PREFIX): string {
+  return joinKey(checkFolder(folder), `step-${String(step).padStart(8, "0")}`);
 }
 
 /** Saves a checkpoint atomically and returns its prefix in the store. */
-export async function saveCheckpoint<State>(store: ObjectStore, checkpoint: Checkpoint<State>): Promise<string> {
+export async function saveCheckpoint<State>(store: ObjectStore, checkpoint: Checkpoint<State>, folder = CHECKPOINTS_PREFIX): Promise<string> {
   const entries = Object.entries(checkpoint.tensors);
   const total = entries.reduce((sum, [, tensor]) => sum + tensor.data.length, 0);
   const bytes = Buffer.alloc(total * 4);
@@ -49,14 +54,17 @@ export async function saveCheckpoint<State>(store: ObjectStore, checkpoint: Chec
     offset += tensor.data.byteLength;
   }
   const stateFile: StateFile<State> = { format: "kubetune-checkpoint/v1", step: checkpoint.step, tensors: index, state: checkpoint.state };
-  const prefix = checkpointPrefix(checkpoint.step);
+  const prefix = checkpointPrefix(checkpoint.step, folder);
   await publish(store, prefix, { "tensors.bin": bytes, "state.json": JSON.stringify(stateFile) }, { step: checkpoint.step });
   return prefix;
 }
 
 /** The newest complete checkpoint, or undefined. Half-written ones (no manifest) are ignored. */
-export async function loadLatestCheckpoint<State>(store: ObjectStore): Promise<(Checkpoint<State> & { prefix: string }) | undefined> {
-  const complete = await listPublished(store, CHECKPOINTS_PREFIX);
+export async function loadLatestCheckpoint<State>(
+  store: ObjectStore,
+  folder = CHECKPOINTS_PREFIX,
+): Promise<(Checkpoint<State> & { prefix: string }) | undefined> {
+  const complete = await listPublished(store, checkFolder(folder));
   const newest = complete.at(-1);
   if (!newest) return undefined;
   const stateFile = JSON.parse((await readPublishedFile(store, newest.prefix, newest.manifest, "state.json")).toString("utf8")) as StateFile<State>;
@@ -78,12 +86,13 @@ export async function loadLatestCheckpoint<State>(store: ObjectStore): Promise<(
  * Deletes all but the newest `keep` complete checkpoints, and any incomplete checkpoint older
  * than the newest complete one (a writer that died part way).
  */
-export async function pruneCheckpoints(store: ObjectStore, keep: number): Promise<string[]> {
-  const complete = (await listPublished(store, CHECKPOINTS_PREFIX)).map((entry) => entry.prefix);
+export async function pruneCheckpoints(store: ObjectStore, keep: number, folder = CHECKPOINTS_PREFIX): Promise<string[]> {
+  checkFolder(folder);
+  const complete = (await listPublished(store, folder)).map((entry) => entry.prefix);
   const newest = complete.at(-1);
   const kept = new Set(complete.slice(Math.max(0, complete.length - Math.max(1, keep))));
   const byPrefix = new Map<string, string[]>();
-  for await (const object of store.list(`${CHECKPOINTS_PREFIX}/`)) {
+  for await (const object of store.list(`${folder}/`)) {
     const prefix = object.key.split("/").slice(0, 2).join("/");
     byPrefix.set(prefix, [...(byPrefix.get(prefix) ?? []), object.key]);
   }
@@ -98,4 +107,9 @@ export async function pruneCheckpoints(store: ObjectStore, keep: number): Promis
     removed.push(prefix);
   }
   return removed;
+}
+
+function checkFolder(folder: string): string {
+  if (folder === "" || folder.includes("/")) throw new Error(`checkpoint folder must be one path segment, got ${JSON.stringify(folder)}`);
+  return folder;
 }

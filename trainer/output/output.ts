@@ -1,0 +1,94 @@
+import { joinKey, StorageError, type ObjectStore } from "../../storage/object-store.ts";
+import { MANIFEST_FILE, publish, type Manifest } from "../../storage/publish.ts";
+import type { Adapter } from "../methods/method.ts";
+import { lossPlotSvg } from "../report/loss-plot.ts";
+import { writeSafetensors } from "../safetensors/safetensors.ts";
+import type { TrainingMetrics } from "./metrics.ts";
+
+/**
+ * The output folder of a job, in Hugging Face PEFT's layout so that PEFT (and, for LoRA, vLLM)
+ * loads it as it is:
+ *   adapter_config.json, adapter_model.safetensors  the adapter (PEFT.md)
+ *   training_metrics.json, loss.svg                 how training went
+ *   merged/                                         with output.mergeIntoBase: a whole model folder
+ *                                                   (config.json, model.safetensors, tokenizer files)
+ *   manifest.json                                   written last: the folder is complete once it exists
+ */
+export const ADAPTER_CONFIG_FILE = "adapter_config.json";
+export const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
+export const METRICS_FILE = "training_metrics.json";
+export const LOSS_PLOT_FILE = "loss.svg";
+export const MERGED_FOLDER = "merged";
+
+/** The files a model folder may hold besides its weights, copied into the merged model when present. */
+const MODEL_SIDE_FILES = [
+  "config.json",
+  "generation_config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "chat_template.jinja",
+  "vocab.json",
+  "merges.txt",
+];
+
+/**
+ * Servers that load the output as it is: PEFT loads every adapter; vLLM loads LoRA without DoRA
+ * or modules_to_save up to its default --max-lora-rank of 16 (PEFT.md); Transformers loads the
+ * merged model.
+ */
+export function loadableBy(adapterConfig: Record<string, unknown>, merged: boolean): string[] {
+  const servers = ["PEFT"];
+  const vllmLoads =
+    adapterConfig.peft_type === "LORA" && adapterConfig.use_dora !== true && adapterConfig.modules_to_save == null && Number(adapterConfig.r) <= 16;
+  if (vllmLoads) servers.push("vLLM");
+  if (merged) servers.push("Transformers");
+  return servers;
+}
+
+/** adapter_config.json and adapter_model.safetensors, byte-identical for identical adapter weights. */
+export function adapterFiles(adapter: Adapter): Record<string, Buffer | string> {
+  return {
+    [ADAPTER_CONFIG_FILE]: `${JSON.stringify(adapter.adapterConfig(), null, 2)}\n`,
+    [ADAPTER_WEIGHTS_FILE]: writeSafetensors(adapter.exportTensors()),
+  };
+}
+
+/** training_metrics.json and the loss plot (train loss per step, eval loss as dots). */
+export function reportFiles(metrics: TrainingMetrics, title: string): Record<string, string> {
+  return {
+    [METRICS_FILE]: `${JSON.stringify(metrics, null, 2)}\n`,
+    [LOSS_PLOT_FILE]: lossPlotSvg(
+      metrics.loss.map(({ step, loss }) => ({ step, loss })),
+      metrics.eval.map(({ step, loss }) => ({ step, loss })),
+      title,
+    ),
+  };
+}
+
+/**
+ * The merged model under merged/: the base folder's config.json and tokenizer files as they
+ * are, and model.safetensors with the adapter folded into the base weights (float32).
+ */
+export async function mergedModelFiles(adapter: Adapter, baseModel: ObjectStore): Promise<Record<string, Buffer>> {
+  const files: Record<string, Buffer> = {};
+  for (const name of MODEL_SIDE_FILES) {
+    try {
+      files[joinKey(MERGED_FOLDER, name)] = await baseModel.get(name);
+    } catch (error) {
+      if (!(error instanceof StorageError && error.code === "NotFound")) throw error;
+    }
+  }
+  files[joinKey(MERGED_FOLDER, "model.safetensors")] = writeSafetensors(adapter.merge());
+  return files;
+}
+
+/**
+ * Writes every file, then the manifest: a reader that finds manifest.json finds a complete
+ * output. An earlier run's manifest is removed first, so it never vouches for files half
+ * replaced by this run.
+ */
+export async function writeOutputs(store: ObjectStore, files: Record<string, Buffer | string>, metadata: Record<string, unknown>): Promise<Manifest> {
+  await store.delete([MANIFEST_FILE]);
+  return publish(store, "", files, metadata);
+}

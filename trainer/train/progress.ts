@@ -1,0 +1,85 @@
+/**
+ * What the training loop reports while it runs. `kubetune run` draws a progress bar or prints
+ * one JSON line per event; `kubetune train` prints JSON lines, and the operator's progress
+ * channel forwards "step", "eval" and "checkpoint" events into the job's status.progress and
+ * status.lastCheckpoint.
+ */
+
+/** Where training stands after an optimizer step; the shape of the job's status.progress. */
+export interface TrainingProgress {
+  /** Optimizer steps completed. */
+  step: number;
+  totalSteps: number;
+  /** Epochs completed, with a fractional part. */
+  epoch: number;
+  /** Mean next-token loss of the latest step. */
+  loss: number;
+  /** Loss on the eval set at the latest evaluation, if there has been one. */
+  evalLoss?: number;
+  learningRate: number;
+  /** Input tokens (padding excluded) per second of training, over the last few steps. */
+  tokensPerSecond: number;
+  /** Estimated seconds until the last step. */
+  etaSeconds: number;
+}
+
+export type ProgressEvent =
+  | {
+      event: "start";
+      totalSteps: number;
+      /** The step training continues from: 0, or a checkpoint's step. */
+      step: number;
+      /** The checkpoint resumed from, if any. */
+      resumedFrom?: string;
+      backend: string;
+      trainableParameters: number;
+      totalParameters: number;
+    }
+  | ({ event: "step"; gradNorm: number } & TrainingProgress)
+  | { event: "eval"; step: number; evalLoss: number; evalPerplexity: number; evalTokens: number }
+  | { event: "checkpoint"; step: number; uri: string; reason: CheckpointReason }
+  | { event: "stopped"; step: number; totalSteps: number; checkpoint: string; signal: string }
+  | { event: "done"; step: number; totalSteps: number; outputUri: string; files: string[]; durationSeconds: number };
+
+/** Why a checkpoint was saved: on schedule, because the trainer was asked to stop, or after the last step. */
+export type CheckpointReason = "interval" | "stop" | "final";
+
+export type ProgressListener = (event: ProgressEvent) => void;
+
+/**
+ * Throughput and time left. Tokens per second come from the last `window` steps' own time;
+ * the ETA divides this attempt's wall time (evaluations and checkpoints included) by the steps
+ * it took, so it also covers that overhead.
+ */
+export class ProgressClock {
+  private readonly recent: { tokens: number; seconds: number }[] = [];
+  private readonly startedAt: number;
+  private readonly startStep: number;
+
+  constructor(
+    startStep: number,
+    private readonly now: () => number = () => performance.now() / 1000,
+    private readonly window = 20,
+  ) {
+    this.startedAt = now();
+    this.startStep = startStep;
+  }
+
+  /** Records one step's input tokens and its own duration in seconds. */
+  recordStep(tokens: number, seconds: number): void {
+    this.recent.push({ tokens, seconds });
+    if (this.recent.length > this.window) this.recent.shift();
+  }
+
+  tokensPerSecond(): number {
+    const tokens = this.recent.reduce((sum, entry) => sum + entry.tokens, 0);
+    const seconds = this.recent.reduce((sum, entry) => sum + entry.seconds, 0);
+    return seconds > 0 ? tokens / seconds : 0;
+  }
+
+  etaSeconds(step: number, totalSteps: number): number {
+    const done = step - this.startStep;
+    if (done <= 0) return 0;
+    return Math.max(0, Math.round(((this.now() - this.startedAt) / done) * (totalSteps - step)));
+  }
+}
