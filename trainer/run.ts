@@ -45,7 +45,7 @@ export interface RunJobOptions {
  * was asked to stop (SIGTERM: suspend, preemption, Ctrl-C), saved a checkpoint and exited
  * cleanly: run it again to resume. Anything else non-zero is a failure.
  */
-export const EXIT_CODE = { failed: 1, stopped: 75 } as const;
+export { EXIT_CODE } from "../api/index.ts";
 
 export type RunJobResult =
   | { status: "completed"; outputs: JobOutputs; metrics: TrainingMetrics }

@@ -4,3 +4,4 @@ export * from "./defaults.ts";
 export * from "./validate.ts";
 export * from "./crd.ts";
 export * from "./docs.ts";
+export * from "./contract.ts";

@@ -129,6 +129,12 @@ describe("decide", () => {
     expect(decision.status).toMatchObject({ phase: "Running", attempts: 2, failedAttempts: 0 });
   });
 
+  it("does not count a trainer stopped by SIGTERM with a checkpoint (exit 75) as a failure", () => {
+    const j = job({ spec: { runPolicy: { backoffLimit: 0 } }, status: { conditions: [preflightPassed], attempts: 1 } });
+    const decision = decide(j, [failed(j, 1, { reason: "Error", exitCode: 75 })], now, settings);
+    expect(decision.status).toMatchObject({ phase: "Running", attempts: 2, failedAttempts: 0 });
+  });
+
   it("retries when the attempt's pod vanished", () => {
     const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
     const decision = decide(j, [], now, settings);

@@ -1,5 +1,6 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import {
+  EXIT_CODE,
   applyDefaults,
   describeProblems,
   validate,
@@ -272,6 +273,10 @@ function outcomeOf(pod: V1Pod): Outcome {
   if (podReason === "Evicted" || podReason === "Preempted" || podReason === "NodeLost" || podReason === "Shutdown") {
     return { reason: "Preempted", message: pod.status?.message ?? `the pod was ${podReason.toLowerCase()}`, countsAsFailure: false, permanent: false, finishedAt };
   }
+  if (terminated?.exitCode === EXIT_CODE.stopped) {
+    // SIGTERM from outside (a node drain, a preemption): the trainer saved a checkpoint and left.
+    return { reason: "Preempted", message: "the trainer was stopped by SIGTERM and saved a checkpoint", countsAsFailure: false, permanent: false, finishedAt };
+  }
   if (terminated?.reason === "OOMKilled") {
     return { reason: "OOMKilled", message: "the trainer exceeded its memory limit: raise resources.memory or lower batchSize or maxSeqLength", countsAsFailure: true, permanent: false, finishedAt };
   }
@@ -286,7 +291,14 @@ function outcomeOf(pod: V1Pod): Outcome {
     const reason = (tagged[1] === "InvalidModel" ? "ModelNotFound" : tagged[1]) as Reason;
     return { reason, message: tagged[2]!, countsAsFailure: true, permanent: true, finishedAt };
   }
-  const message = text ? text.slice(-1024) : `the trainer exited with code ${terminated?.exitCode ?? "unknown"}`;
+  const exitCode = terminated?.exitCode;
+  const lastLine = text.split("\n").map((line) => line.trim()).filter(Boolean).at(-1);
+  const message =
+    exitCode !== undefined && exitCode > 128
+      ? `the trainer was killed by signal ${exitCode - 128} (exit code ${exitCode})`
+      : lastLine
+        ? `exit code ${exitCode ?? "unknown"}: ${lastLine.slice(0, 512)}`
+        : `the trainer exited with code ${exitCode ?? "unknown"}`;
   return { reason: "TrainerFailed", message, countsAsFailure: true, permanent: false, finishedAt };
 }
 

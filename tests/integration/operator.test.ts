@@ -1,98 +1,36 @@
 import type { V1Pod } from "@kubernetes/client-node";
-import { randomBytes } from "node:crypto";
-import { chmod, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { API_VERSION, CRD_FILE, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { API_VERSION, KIND, type FineTuneJob } from "../../api/index.ts";
 import { isNotFound, resourcePath } from "../../kube/client.ts";
-import { makePki } from "../../localcluster/pki.ts";
-import { PodRunner } from "../../localcluster/pod-runner.ts";
-import { freePort } from "../../localcluster/process.ts";
-import { startOperator, type RunningOperator } from "../../operator/operator.ts";
 import { progressToken } from "../../operator/progress/token.ts";
 import { ProgressReporter } from "../../trainer/progress/reporter.ts";
 import { putTestModel } from "../../trainer/tokenizer/test-tokenizer.ts";
-import { cluster, createNamespace, eventually, kubeClient, kubectl, s3Store } from "./harness.ts";
-
-const SCRIPTED_IMAGE = "kubetune.local/scripted-trainer:test";
-const KUBETUNE_IMAGE = "kubetune.local/kubetune:test";
-const repo = process.cwd();
-const tsx = path.join(repo, "node_modules/tsx/dist/esm/index.mjs");
+import { cluster, createNamespace, eventually, kubeClient, s3Store } from "./harness.ts";
+import {
+  eventsOf as eventsIn,
+  getJob as getJobIn,
+  jobsPath,
+  KUBETUNE_IMAGE,
+  startOperatorHarness,
+  waitForPhase as waitForPhaseIn,
+  type OperatorHarness,
+} from "./operator-harness.ts";
 
 describe("the operator, with the local pod runner playing the kubelet", () => {
   const client = kubeClient();
   let namespace: string;
   let restricted: string;
-  let runner: PodRunner;
-  let operator: RunningOperator;
-  let operatorOptions: Parameters<typeof startOperator>[0];
-  let tokenKey: Buffer;
-  let ca: string;
-  const jobsPath = (ns: string, name?: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace: ns, name });
+  let harness: OperatorHarness;
   const podsPath = (ns: string, name?: string) => resourcePath({ group: "", version: "v1", plural: "pods", namespace: ns, name });
 
   beforeAll(async () => {
-    expect(kubectl(["apply", "--server-side", "-f", CRD_FILE]).status).toBe(0);
     namespace = await createNamespace("op");
     restricted = await createNamespace("op-restricted", { "pod-security.kubernetes.io/enforce": "restricted" });
-    const { s3 } = cluster();
-    for (const ns of [namespace, restricted]) {
-      await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace: ns }), {
-        apiVersion: "v1",
-        kind: "Secret",
-        metadata: { name: "s3-creds" },
-        stringData: { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
-      });
-    }
-    const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-operator-test-"));
-    await chmod(dir, 0o755);
-    const pki = await makePki(path.join(dir, "pki"));
-    ca = await readFile(pki.caCert, "utf8");
-    tokenKey = randomBytes(32);
-    await writeFile(path.join(dir, "token.key"), tokenKey);
-    runner = new PodRunner({
-      client,
-      workDir: path.join(dir, "pods"),
-      nodeName: `node-${namespace}`,
-      namespaces: [namespace, restricted],
-      capacity: { cpu: "8", memory: "16Gi", gpus: 0 },
-      images: {
-        [SCRIPTED_IMAGE]: { entrypoint: [process.execPath, "--import", tsx, path.join(repo, "tests/fixtures/scripted-trainer.ts")] },
-        [KUBETUNE_IMAGE]: { entrypoint: [process.execPath, path.join(repo, "bin/kubetune.mjs")] },
-      },
-    });
-    await runner.start();
-    const progressPort = await freePort();
-    operatorOptions = {
-      kubeconfig: cluster().kubeconfig,
-      namespaces: [namespace, restricted],
-      probeAddress: "127.0.0.1:0",
-      progressAddress: `127.0.0.1:${progressPort}`,
-      progressTls: { certFile: pki.servingCert, keyFile: pki.servingKey },
-      progressTokenKeyFile: path.join(dir, "token.key"),
-      leaderElection: { enabled: false, namespace, name: "kubetune-operator" },
-      concurrency: 4,
-      log: () => {},
-      settings: {
-        defaultImage: SCRIPTED_IMAGE,
-        progressUrl: `https://127.0.0.1:${progressPort}`,
-        progressCa: ca,
-        defaultStorage: { endpoint: cluster().s3.endpoint, region: "us-east-1", forcePathStyle: true },
-        terminationGraceSeconds: 10,
-        preflight: false,
-        imagePullTimeoutSeconds: 3,
-        unschedulableTimeoutSeconds: 3,
-        retryBackoffBaseSeconds: 1,
-        retryBackoffMaxSeconds: 5,
-      },
-    };
-    operator = await startOperator(operatorOptions);
+    harness = await startOperatorHarness([namespace, restricted]);
   });
 
   afterAll(async () => {
-    await operator?.stop();
-    await runner?.stop();
+    await harness?.stop();
   });
 
   function jobManifest(name: string, ns = namespace, spec: Record<string, unknown> = {}): FineTuneJob {
@@ -111,18 +49,11 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     } as FineTuneJob;
   }
 
-  const getJob = (name: string, ns = namespace) => client.get<FineTuneJob>(jobsPath(ns, name));
+  const getJob = (name: string, ns = namespace) => getJobIn(ns, name);
   const podsOf = async (name: string, ns = namespace) =>
     (await client.list<V1Pod>(podsPath(ns), { labelSelector: `kubetune.io/job-name=${name}` })).items;
-  const waitForPhase = (name: string, phases: string[], ns = namespace, timeoutMs = 60_000) =>
-    eventually(`job ${name} to reach ${phases.join("/")}`, async () => {
-      const job = await getJob(name, ns);
-      return phases.includes(job.status?.phase ?? "") ? job : undefined;
-    }, timeoutMs);
-  const eventsOf = async (name: string, ns = namespace) =>
-    (await client.list<{ reason: string; message: string; involvedObject: { name: string } }>(resourcePath({ group: "", version: "v1", plural: "events", namespace: ns }))).items.filter(
-      (event) => event.involvedObject.name === name,
-    );
+  const waitForPhase = (name: string, phases: string[], ns = namespace, timeoutMs = 60_000) => waitForPhaseIn(ns, name, phases, timeoutMs);
+  const eventsOf = (name: string, ns = namespace) => eventsIn(ns, name);
 
   it("takes a job from apply to Succeeded, with progress in status while it runs", async () => {
     await client.create(jobsPath(namespace), jobManifest("ok-basic"));
@@ -192,30 +123,29 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
   it("refuses a progress report made with another job's token", async () => {
     await client.create(jobsPath(namespace), jobManifest("long-token"));
     const job = await eventually("uid", async () => (await getJob("long-token")).metadata.uid);
-    const reporter = (token: string) => new ProgressReporter({ url: operatorOptions.settings.progressUrl, namespace, name: "long-token", token, ca });
-    const other = progressToken(tokenKey, { namespace, name: "ok-basic", uid: (await getJob("ok-basic")).metadata.uid! });
+    const reporter = (token: string) => new ProgressReporter({ url: harness.options.settings.progressUrl, namespace, name: "long-token", token, ca: harness.ca });
+    const other = progressToken(harness.tokenKey, { namespace, name: "ok-basic", uid: (await getJob("ok-basic")).metadata.uid! });
     expect(await reporter(other).post({ step: 1 })).toBe(403);
     expect(await reporter("not-a-token").post({ step: 1 })).toBe(403);
-    expect(await reporter(progressToken(tokenKey, { namespace, name: "long-token", uid: job })).post({ step: 1, totalSteps: 10 })).toBe(204);
+    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job })).post({ step: 1, totalSteps: 10 })).toBe(204);
     await client.delete(jobsPath(namespace, "long-token"));
   });
 
   it("shows per-job gauges on /metrics while a job runs and drops them when it is deleted", async () => {
     await client.create(jobsPath(namespace), jobManifest("long-metrics"));
-    const metrics = () => fetch(`http://127.0.0.1:${operator.probePort}/metrics`).then((response) => response.text());
+    const metrics = () => fetch(`http://127.0.0.1:${harness.operator.probePort}/metrics`).then((response) => response.text());
     const series = `kubetune_job_progress_ratio{namespace="${namespace}",job="long-metrics"}`;
     await eventually("the job's progress gauge", async () => ((await metrics()).includes(series) ? true : undefined));
     expect(await metrics()).toMatch(new RegExp(`kubetune_jobs\\{namespace="${namespace}",phase="Running"\\} [1-9]`));
     await client.delete(jobsPath(namespace, "long-metrics"));
     await eventually("the gauge to go", async () => ((await metrics()).includes(series) ? undefined : true));
-    expect(await fetch(`http://127.0.0.1:${operator.probePort}/readyz`).then((response) => response.status)).toBe(200);
+    expect(await fetch(`http://127.0.0.1:${harness.operator.probePort}/readyz`).then((response) => response.status)).toBe(200);
   });
 
   it("adopts a running pod after an operator restart and makes no duplicate", async () => {
     await client.create(jobsPath(namespace), jobManifest("long-restart"));
     await eventually("the trainer to run", async () => ((await podsOf("long-restart"))[0]?.status?.phase === "Running" ? true : undefined));
-    await operator.stop();
-    operator = await startOperator(operatorOptions);
+    await harness.restart();
     await new Promise((resolve) => setTimeout(resolve, 1500));
     const pods = await podsOf("long-restart");
     expect(pods.map((pod) => pod.metadata?.name)).toEqual(["long-restart-train-1"]);
@@ -265,8 +195,7 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
       dataset: { train: `${store.uri}/data/train.jsonl`, format: "instruction" },
       trainer: { image: KUBETUNE_IMAGE },
     });
-    await operator.stop();
-    operator = await startOperator({ ...operatorOptions, settings: { ...operatorOptions.settings, preflight: true } });
+    await harness.restart({ preflight: true });
     try {
       await client.create(jobsPath(namespace), manifest);
       const done = await waitForPhase("preflight-bad", ["Failed", "Succeeded"], namespace, 90_000);
@@ -276,8 +205,7 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
       expect(failed?.message).toContain("train.jsonl:3:");
       expect((await podsOf("preflight-bad")).filter((pod) => pod.metadata?.labels?.["app.kubernetes.io/component"] === "trainer")).toEqual([]);
     } finally {
-      await operator.stop();
-      operator = await startOperator(operatorOptions);
+      await harness.restart();
     }
   });
 });

@@ -1,0 +1,129 @@
+import { randomBytes } from "node:crypto";
+import { chmod, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { expect } from "vitest";
+import { CRD_FILE, GROUP, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { resourcePath } from "../../kube/client.ts";
+import { makePki } from "../../localcluster/pki.ts";
+import { PodRunner } from "../../localcluster/pod-runner.ts";
+import { freePort } from "../../localcluster/process.ts";
+import type { DecideSettings } from "../../operator/finetunejob/decide.ts";
+import { startOperator, type RunningOperator } from "../../operator/operator.ts";
+import { cluster, eventually, kubeClient, kubectl } from "./harness.ts";
+
+/** A stand-in trainer (tests/fixtures/scripted-trainer.ts) and the real kubetune CLI, as images the pod runner can run. */
+export const SCRIPTED_IMAGE = "kubetune.local/scripted-trainer:test";
+export const KUBETUNE_IMAGE = "kubetune.local/kubetune:test";
+
+const repo = process.cwd();
+
+export interface OperatorHarness {
+  runner: PodRunner;
+  operator: RunningOperator;
+  options: Parameters<typeof startOperator>[0];
+  tokenKey: Buffer;
+  ca: string;
+  /** Restarts the operator, optionally with other settings. */
+  restart(settings?: Partial<DecideSettings>): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * The CRD, an S3 credentials Secret (`s3-creds`) in each namespace, a local pod runner for
+ * those namespaces, and an operator watching them, with its progress endpoint on loopback.
+ */
+export async function startOperatorHarness(namespaces: string[], settings: Partial<DecideSettings> = {}): Promise<OperatorHarness> {
+  expect(kubectl(["apply", "--server-side", "-f", CRD_FILE]).status).toBe(0);
+  const client = kubeClient();
+  const { s3 } = cluster();
+  for (const namespace of namespaces) {
+    await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace }), {
+      apiVersion: "v1",
+      kind: "Secret",
+      metadata: { name: "s3-creds" },
+      stringData: { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
+    });
+  }
+  const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-operator-test-"));
+  await chmod(dir, 0o755);
+  const pki = await makePki(path.join(dir, "pki"));
+  const ca = await readFile(pki.caCert, "utf8");
+  const tokenKey = randomBytes(32);
+  await writeFile(path.join(dir, "token.key"), tokenKey);
+  const runner = new PodRunner({
+    client,
+    workDir: path.join(dir, "pods"),
+    nodeName: `node-${namespaces[0]}`,
+    namespaces,
+    capacity: { cpu: "8", memory: "16Gi", gpus: 0 },
+    images: {
+      [SCRIPTED_IMAGE]: { entrypoint: [process.execPath, "--import", path.join(repo, "node_modules/tsx/dist/esm/index.mjs"), path.join(repo, "tests/fixtures/scripted-trainer.ts")] },
+      [KUBETUNE_IMAGE]: { entrypoint: [process.execPath, path.join(repo, "bin/kubetune.mjs")] },
+    },
+  });
+  await runner.start();
+  const progressPort = await freePort();
+  const options: Parameters<typeof startOperator>[0] = {
+    kubeconfig: cluster().kubeconfig,
+    namespaces,
+    probeAddress: "127.0.0.1:0",
+    progressAddress: `127.0.0.1:${progressPort}`,
+    progressTls: { certFile: pki.servingCert, keyFile: pki.servingKey },
+    progressTokenKeyFile: path.join(dir, "token.key"),
+    leaderElection: { enabled: false, namespace: namespaces[0]!, name: "kubetune-operator" },
+    concurrency: 4,
+    log: () => {},
+    settings: {
+      defaultImage: SCRIPTED_IMAGE,
+      progressUrl: `https://127.0.0.1:${progressPort}`,
+      progressCa: ca,
+      defaultStorage: { endpoint: s3.endpoint, region: "us-east-1", forcePathStyle: true },
+      terminationGraceSeconds: 10,
+      preflight: false,
+      imagePullTimeoutSeconds: 3,
+      unschedulableTimeoutSeconds: 3,
+      retryBackoffBaseSeconds: 1,
+      retryBackoffMaxSeconds: 5,
+      ...settings,
+    },
+  };
+  const harness: OperatorHarness = {
+    runner,
+    operator: await startOperator(options),
+    options,
+    tokenKey,
+    ca,
+    async restart(changes = {}) {
+      await harness.operator.stop();
+      harness.operator = await startOperator({ ...options, settings: { ...options.settings, ...changes } });
+    },
+    async stop() {
+      await harness.operator.stop();
+      await runner.stop();
+    },
+  };
+  return harness;
+}
+
+export const jobsPath = (namespace: string, name?: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name });
+
+export function getJob(namespace: string, name: string): Promise<FineTuneJob> {
+  return kubeClient().get<FineTuneJob>(jobsPath(namespace, name));
+}
+
+export function waitForPhase(namespace: string, name: string, phases: string[], timeoutMs = 60_000): Promise<FineTuneJob> {
+  return eventually(
+    `job ${name} to reach ${phases.join("/")}`,
+    async () => {
+      const job = await getJob(namespace, name);
+      return phases.includes(job.status?.phase ?? "") ? job : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+export async function eventsOf(namespace: string, name: string): Promise<{ reason: string; message: string }[]> {
+  const events = await kubeClient().list<{ reason: string; message: string; involvedObject: { name: string } }>(resourcePath({ group: "", version: "v1", plural: "events", namespace }));
+  return events.items.filter((event) => event.involvedObject.name === name);
+}
