@@ -6,17 +6,17 @@ import { fileURLToPath } from "node:url";
 
 const buildDir = path.join(path.dirname(fileURLToPath(import.meta.url)), "build");
 
-export type BinaryName = "kube-apiserver" | "kubectl" | "etcd" | "minio";
+export type BinaryName = "kube-apiserver" | "kubectl" | "etcd" | "minio" | "helm";
 
 /** The pinned versions, from build/versions.env (the one place they are written). */
-export function pinnedVersions(): { kubernetes: string; etcd: string; minio: string } {
+export function pinnedVersions(): { kubernetes: string; etcd: string; minio: string; helm: string } {
   const values = Object.fromEntries(
     readFileSync(path.join(buildDir, "versions.env"), "utf8")
       .split("\n")
       .filter((line) => /^[A-Z_]+=/.test(line))
       .map((line) => line.split("=", 2) as [string, string]),
   );
-  return { kubernetes: values.KUBERNETES_VERSION!, etcd: values.ETCD_VERSION!, minio: values.MINIO_VERSION! };
+  return { kubernetes: values.KUBERNETES_VERSION!, etcd: values.ETCD_VERSION!, minio: values.MINIO_VERSION!, helm: values.HELM_VERSION! };
 }
 
 /** Where built binaries are cached, keyed by version. */
@@ -29,11 +29,12 @@ const overrideVariable: Record<BinaryName, string> = {
   kubectl: "KUBETUNE_KUBECTL",
   etcd: "KUBETUNE_ETCD",
   minio: "KUBETUNE_MINIO",
+  helm: "KUBETUNE_HELM",
 };
 
 function cachedPath(name: BinaryName): string {
   const versions = pinnedVersions();
-  const version = name === "etcd" ? versions.etcd : name === "minio" ? versions.minio : versions.kubernetes;
+  const version = name === "etcd" ? versions.etcd : name === "minio" ? versions.minio : name === "helm" ? versions.helm : versions.kubernetes;
   return path.join(cacheDir(), "bin", `${name}-${version}`);
 }
 

@@ -16,6 +16,7 @@ source "$here/versions.env"
 KUBERNETES_VERSION="${KUBETUNE_KUBERNETES_VERSION:-$KUBERNETES_VERSION}"
 ETCD_VERSION="${KUBETUNE_ETCD_VERSION:-$ETCD_VERSION}"
 MINIO_VERSION="${KUBETUNE_MINIO_VERSION:-$MINIO_VERSION}"
+HELM_VERSION="${KUBETUNE_HELM_VERSION:-$HELM_VERSION}"
 
 cache="${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}"
 bin="$cache/bin"
@@ -106,7 +107,19 @@ build_minio() {
   )
 }
 
-want="${*:-kube-apiserver etcd minio}"
+build_helm() {
+  local out="$1" mod="$work/helm-$HELM_VERSION"
+  mkdir -p "$mod"
+  (
+    cd "$mod"
+    printf 'module kubetune.local/helm-build\n\ngo 1.26\n\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > go.mod
+    printf 'package main\n' > main.go
+    go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    go build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$out" helm.sh/helm/v3/cmd/helm
+  )
+}
+
+want="${*:-kube-apiserver etcd minio helm}"
 for name in $want; do
   case "$name" in
     kube-apiserver|kubectl)
@@ -114,7 +127,8 @@ for name in $want; do
       build_if_missing kube-apiserver "$KUBERNETES_VERSION" build_kubernetes ;;
     etcd) build_if_missing etcd "$ETCD_VERSION" build_etcd ;;
     minio) build_if_missing minio "$MINIO_VERSION" build_minio ;;
-    *) die "unknown binary '$name' (expected kube-apiserver, kubectl, etcd or minio)" ;;
+    helm) build_if_missing helm "$HELM_VERSION" build_helm ;;
+    *) die "unknown binary '$name' (expected kube-apiserver, kubectl, etcd, minio or helm)" ;;
   esac
 done
 echo "$bin"

@@ -33,7 +33,11 @@ export interface OperatorHarness {
  * The CRD, an S3 credentials Secret (`s3-creds`) in each namespace, a local pod runner for
  * those namespaces, and an operator watching them, with its progress endpoint on loopback.
  */
-export async function startOperatorHarness(namespaces: string[], settings: Partial<DecideSettings> = {}): Promise<OperatorHarness> {
+export async function startOperatorHarness(
+  namespaces: string[],
+  settings: Partial<DecideSettings> = {},
+  overrides: Partial<Parameters<typeof startOperator>[0]> = {},
+): Promise<OperatorHarness> {
   expect(kubectl(["apply", "--server-side", "-f", CRD_FILE]).status).toBe(0);
   const client = kubeClient();
   const { s3 } = cluster();
@@ -87,6 +91,7 @@ export async function startOperatorHarness(namespaces: string[], settings: Parti
       retryBackoffMaxSeconds: 5,
       ...settings,
     },
+    ...overrides,
   };
   const harness: OperatorHarness = {
     runner,
