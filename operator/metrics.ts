@@ -34,6 +34,20 @@ export class OperatorMetrics {
   readonly tokensPerSecond = new Gauge({ name: "kubetune_job_tokens_per_second", help: "Training throughput a job last reported.", labelNames: ["namespace", "job"], registers: [this.registry] });
   readonly gpus = new Gauge({ name: "kubetune_job_gpus", help: "GPUs held by a job's running trainer pod.", labelNames: ["namespace", "job"], registers: [this.registry] });
 
+  /** Exposes the API requests a client has sent, by verb: what the operator costs the API server. */
+  trackApiRequests(counts: Record<string, number>): void {
+    new Counter({
+      name: "kubetune_api_requests_total",
+      help: "Requests the operator sent to the Kubernetes API server, by HTTP verb.",
+      labelNames: ["verb"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [verb, count] of Object.entries(counts)) this.inc({ verb }, count);
+      },
+    });
+  }
+
   /** Recounts jobs by phase from the informer's cache. */
   countJobs(jobs: FineTuneJob[]): void {
     this.jobs.reset();

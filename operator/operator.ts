@@ -47,6 +47,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const log = options.log ?? ((message: string) => console.log(`${new Date().toISOString()} ${message}`));
   const client = KubeClient.load(options.kubeconfig);
   const metrics = new OperatorMetrics();
+  metrics.trackApiRequests(client.requestCounts);
   const tokenKey = options.progressTokenKeyFile ? readFileSync(options.progressTokenKeyFile) : randomBytes(32);
   if (!options.progressTokenKeyFile) log("no --progress-token-key-file: using a random key; trainers of running jobs must re-register after a restart");
   const controller = new FineTuneJobController({
