@@ -17,6 +17,8 @@ export interface ControlPlane {
   caCert: string;
   processes: ManagedProcess[];
   stop(): Promise<void>;
+  /** Stops kube-apiserver and starts it again on the same port and etcd (clients see it go away and come back). */
+  restartApiserver(): Promise<void>;
 }
 
 export interface ControlPlaneOptions {
@@ -69,10 +71,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   try {
     await waitFor("etcd", async () => (await fetch(`${etcdUrl}/health`)).ok, { timeoutMs: 30_000, process: etcd });
 
-    const apiserver = startProcess(
-      "kube-apiserver",
-      options.kubeApiserver,
-      [
+    const apiserverArgs = [
         `--etcd-servers=${etcdUrl}`,
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
@@ -90,19 +89,27 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
         "--allow-privileged=false",
         "--profiling=false",
         "--v=1",
-      ],
-      { logFile: path.join(dir, "logs", "kube-apiserver.log") },
-    );
-    processes.push(apiserver);
+    ];
     const caCert = await readFile(pki.caCert);
     const get = (urlPath: string) => httpsGet(`https://127.0.0.1:${apiserverPort}${urlPath}`, adminToken, caCert);
-    await waitFor("kube-apiserver", async () => (await get("/readyz")).status === 200, { timeoutMs: 90_000, process: apiserver });
+    const startApiserver = async () => {
+      const apiserver = startProcess("kube-apiserver", options.kubeApiserver, apiserverArgs, { logFile: path.join(dir, "logs", "kube-apiserver.log") });
+      processes.push(apiserver);
+      await waitFor("kube-apiserver", async () => (await get("/readyz")).status === 200, { timeoutMs: 90_000, process: apiserver });
+    };
+    await startApiserver();
     const version = (JSON.parse((await get("/version")).body) as { gitVersion: string }).gitVersion;
 
     const server = `https://127.0.0.1:${apiserverPort}`;
     const kubeconfig = path.join(dir, "kubeconfig");
     await writeFile(kubeconfig, kubeconfigYaml(server, caCert, adminToken), { mode: 0o600 });
-    return { server, version, kubeconfig, adminToken, caCert: pki.caCert, processes, stop };
+    const restartApiserver = async () => {
+      const old = processes.findLast((process) => process.name === "kube-apiserver");
+      await old?.stop();
+      processes.splice(processes.indexOf(old!), 1);
+      await startApiserver();
+    };
+    return { server, version, kubeconfig, adminToken, caCert: pki.caCert, processes, stop, restartApiserver };
   } catch (error) {
     await stop();
     throw error;
