@@ -1,6 +1,7 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { API_VERSION, KIND, type FineTuneJob } from "../../api/index.ts";
+import { API_VERSION, applyDefaults, KIND, type FineTuneJob } from "../../api/index.ts";
+import { preflightPod } from "../../operator/finetunejob/pods.ts";
 import { isNotFound, resourcePath } from "../../kube/client.ts";
 import { progressToken } from "../../operator/progress/token.ts";
 import { ProgressReporter } from "../../trainer/progress/reporter.ts";
@@ -181,6 +182,9 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     await client.create(jobsPath(restricted), jobManifest("ok-restricted", restricted));
     const done = await waitForPhase("ok-restricted", ["Succeeded", "Failed"], restricted);
     expect(done.status?.phase).toBe("Succeeded");
+    // The preflight pod meets the same standard: Pod Security admission accepts it (dry run).
+    const pod = preflightPod(done, applyDefaults(done.spec), harness.options.settings);
+    await expect(client.create(podsPath(restricted), pod, { dryRun: "All" })).resolves.toMatchObject({ metadata: { name: "ok-restricted-preflight" } });
   });
 
   it("fails in preflight, before any trainer pod exists, on a dataset with a bad line", async () => {
