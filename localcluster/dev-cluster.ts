@@ -11,7 +11,7 @@ import { startOperator } from "../operator/operator.ts";
 import { S3ObjectStore } from "../storage/s3-store.ts";
 import { createBucket, startLocalCluster } from "./cluster.ts";
 import { PodRunner } from "./pod-runner.ts";
-import { freePort } from "./process.ts";
+import { freePort, isAlive } from "./process.ts";
 
 /**
  * `kubetune dev-cluster`: a whole kubetune installation on loopback — a real kube-apiserver +
@@ -43,15 +43,6 @@ function stateFile(dir = devClusterDir()): string {
 
 function readState(dir = devClusterDir()): DevClusterState | undefined {
   return existsSync(stateFile(dir)) ? (JSON.parse(readFileSync(stateFile(dir), "utf8")) as DevClusterState) : undefined;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Shell lines that point kubectl, the AWS CLI and SDKs at the dev cluster. */

@@ -134,3 +134,13 @@ export async function waitFor(
   }
   throw new Error(`${what}: not ready after ${options.timeoutMs / 1000}s${options.process ? `; see ${options.process.logFile}` : ""}`);
 }
+
+/** True while a process with this id exists. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

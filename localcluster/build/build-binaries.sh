@@ -83,40 +83,25 @@ build_kubernetes() {
   )
 }
 
-build_etcd() {
-  local out="$1" mod="$work/etcd-$ETCD_VERSION"
+# build_go_main OUT NAME MODULE VERSION PACKAGE [LDFLAGS]: builds a main package of a module
+# through a one-line wrapper module, whose go.sum `go get` fills in.
+build_go_main() {
+  local out="$1" name="$2" module="$3" version="$4" package="$5" ldflags="${6:-}"
+  local mod="$work/$name-$version"
   mkdir -p "$mod"
   (
     cd "$mod"
-    printf 'module kubetune.local/etcd-build\n\ngo 1.26\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
+    printf 'module kubetune.local/%s-build\n\ngo 1.26\n\nrequire %s %s\n' "$name" "$module" "$version" > go.mod
     printf 'package main\n' > main.go
-    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-    go build -ldflags "-s -w" -o "$out" go.etcd.io/etcd/server/v3
+    go get "$package@$version"
+    go build -ldflags "-s -w $ldflags" -o "$out" "$package"
   )
 }
 
-build_minio() {
-  local out="$1" mod="$work/minio-$MINIO_VERSION"
-  mkdir -p "$mod"
-  (
-    cd "$mod"
-    printf 'module kubetune.local/minio-build\n\ngo 1.26\n\nrequire github.com/minio/minio %s\n' "$MINIO_VERSION" > go.mod
-    printf 'package main\n' > main.go
-    go get "github.com/minio/minio@$MINIO_VERSION"
-    go build -ldflags "-s -w" -o "$out" github.com/minio/minio
-  )
-}
-
+build_etcd() { build_go_main "$1" etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3; }
+build_minio() { build_go_main "$1" minio github.com/minio/minio "$MINIO_VERSION" github.com/minio/minio; }
 build_helm() {
-  local out="$1" mod="$work/helm-$HELM_VERSION"
-  mkdir -p "$mod"
-  (
-    cd "$mod"
-    printf 'module kubetune.local/helm-build\n\ngo 1.26\n\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > go.mod
-    printf 'package main\n' > main.go
-    go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-    go build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$out" helm.sh/helm/v3/cmd/helm
-  )
+  build_go_main "$1" helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
 want="${*:-kube-apiserver etcd minio helm}"

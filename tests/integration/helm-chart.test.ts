@@ -4,33 +4,17 @@ import os from "node:os";
 import path from "node:path";
 import { parse, parseAllDocuments } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { API_VERSION, KIND, type FineTuneJob } from "../../api/index.ts";
 import { resourcePath } from "../../kube/client.ts";
 import { resolveBinaries } from "../../localcluster/binaries.ts";
 import { kubeconfigYaml } from "../../localcluster/controlplane.ts";
 import { startOperator, type RunningOperator } from "../../operator/operator.ts";
 import { cluster, createNamespace, eventually, kubeClient, kubectl } from "./harness.ts";
-import { jobsPath, startOperatorHarness, waitForPhase, type OperatorHarness } from "./operator-harness.ts";
+import { jobsPath, scriptedJobManifest, startOperatorHarness, waitForPhase, type OperatorHarness } from "./operator-harness.ts";
 
 const CHART = "helm/kubetune";
 
 function helm(args: string[], helmPath: string) {
   return spawnSync(helmPath, args, { encoding: "utf8", timeout: 60_000 });
-}
-
-function scriptedJob(name: string, namespace: string): FineTuneJob {
-  return {
-    apiVersion: API_VERSION,
-    kind: KIND,
-    metadata: { name, namespace },
-    spec: {
-      baseModel: { uri: `s3://${cluster().s3.bucket}/models/tiny` },
-      dataset: { train: `s3://${cluster().s3.bucket}/data/train.jsonl` },
-      method: { type: "lora" },
-      output: { uri: `s3://${cluster().s3.bucket}/outputs/${name}` },
-      storage: { secretRef: { name: "s3-creds" }, endpoint: cluster().s3.endpoint, forcePathStyle: true },
-    },
-  } as FineTuneJob;
 }
 
 describe("the Helm chart", () => {
@@ -94,7 +78,7 @@ describe("the operator under the chart's RBAC, as a ServiceAccount", () => {
   });
 
   it("runs a job to Succeeded with only those permissions", async () => {
-    await admin.create(jobsPath(namespace), scriptedJob("ok-rbac", namespace));
+    await admin.create(jobsPath(namespace), scriptedJobManifest("ok-rbac", namespace));
     const done = await waitForPhase(namespace, "ok-rbac", ["Succeeded", "Failed"]);
     expect(done.status?.phase).toBe("Succeeded");
   });
@@ -123,7 +107,7 @@ describe("two operator replicas", () => {
     const [leader, follower] = harness.operator.isLeader() ? [harness.operator, second] : [second, harness.operator];
     expect(follower.isLeader()).toBe(false);
 
-    await admin.create(jobsPath(namespace), scriptedJob("ok-first", namespace));
+    await admin.create(jobsPath(namespace), scriptedJobManifest("ok-first", namespace));
     expect((await waitForPhase(namespace, "ok-first", ["Succeeded", "Failed"])).status?.phase).toBe("Succeeded");
     expect(leader.controller.reconciles).toBeGreaterThan(0);
     expect(follower.controller.reconciles).toBe(0);
@@ -131,7 +115,7 @@ describe("two operator replicas", () => {
     await leader.stop();
     await eventually("the follower to lead", async () => (follower.isLeader() ? true : undefined), 30_000);
     const before = follower.controller.reconciles;
-    await admin.create(jobsPath(namespace), scriptedJob("ok-second", namespace));
+    await admin.create(jobsPath(namespace), scriptedJobManifest("ok-second", namespace));
     expect((await waitForPhase(namespace, "ok-second", ["Succeeded", "Failed"])).status?.phase).toBe("Succeeded");
     expect(follower.controller.reconciles).toBeGreaterThan(before);
   });

@@ -3,7 +3,7 @@ import { chmod, mkdtemp, readFile, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "vitest";
-import { CRD_FILE, GROUP, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { API_VERSION, CRD_FILE, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
 import { resourcePath } from "../../kube/client.ts";
 import { makePki } from "../../localcluster/pki.ts";
 import { PodRunner } from "../../localcluster/pod-runner.ts";
@@ -131,4 +131,22 @@ export function waitForPhase(namespace: string, name: string, phases: string[], 
 export async function eventsOf(namespace: string, name: string): Promise<{ reason: string; message: string }[]> {
   const events = await kubeClient().list<{ reason: string; message: string; involvedObject: { name: string } }>(resourcePath({ group: "", version: "v1", plural: "events", namespace }));
   return events.items.filter((event) => event.involvedObject.name === name);
+}
+
+/** A job for the scripted trainer (its name picks the behaviour), with MinIO credentials from `s3-creds`. */
+export function scriptedJobManifest(name: string, namespace: string, spec: Record<string, unknown> = {}): FineTuneJob {
+  const { s3 } = cluster();
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name, namespace },
+    spec: {
+      baseModel: { uri: `s3://${s3.bucket}/models/tiny` },
+      dataset: { train: `s3://${s3.bucket}/data/train.jsonl` },
+      method: { type: "lora" },
+      output: { uri: `s3://${s3.bucket}/outputs/${name}` },
+      storage: { secretRef: { name: "s3-creds" }, endpoint: s3.endpoint, forcePathStyle: true },
+      ...spec,
+    },
+  } as FineTuneJob;
 }

@@ -1,6 +1,6 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { API_VERSION, applyDefaults, KIND, type FineTuneJob } from "../../api/index.ts";
+import { applyDefaults } from "../../api/index.ts";
 import { preflightPod } from "../../operator/finetunejob/pods.ts";
 import { isNotFound, resourcePath } from "../../kube/client.ts";
 import { progressToken } from "../../operator/progress/token.ts";
@@ -12,6 +12,7 @@ import {
   getJob as getJobIn,
   jobsPath,
   KUBETUNE_IMAGE,
+  scriptedJobManifest,
   startOperatorHarness,
   waitForPhase as waitForPhaseIn,
   type OperatorHarness,
@@ -34,21 +35,7 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     await harness?.stop();
   });
 
-  function jobManifest(name: string, ns = namespace, spec: Record<string, unknown> = {}): FineTuneJob {
-    return {
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: { name, namespace: ns },
-      spec: {
-        baseModel: { uri: `s3://${cluster().s3.bucket}/models/tiny` },
-        dataset: { train: `s3://${cluster().s3.bucket}/data/train.jsonl` },
-        method: { type: "lora" },
-        output: { uri: `s3://${cluster().s3.bucket}/outputs/${name}` },
-        storage: { secretRef: { name: "s3-creds" }, endpoint: cluster().s3.endpoint, forcePathStyle: true },
-        ...spec,
-      },
-    } as FineTuneJob;
-  }
+  const jobManifest = (name: string, ns = namespace, spec: Record<string, unknown> = {}) => scriptedJobManifest(name, ns, spec);
 
   const getJob = (name: string, ns = namespace) => getJobIn(ns, name);
   const podsOf = async (name: string, ns = namespace) =>

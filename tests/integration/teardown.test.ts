@@ -6,16 +6,7 @@ import { describe, expect, it } from "vitest";
 import { resolveBinaries } from "../../localcluster/binaries.ts";
 import { startLocalCluster } from "../../localcluster/cluster.ts";
 import { startControlPlane } from "../../localcluster/controlplane.ts";
-import { isPortOpen } from "../../localcluster/process.ts";
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { isAlive, isPortOpen } from "../../localcluster/process.ts";
 
 describe("local cluster lifecycle", () => {
   it("leaves no process running and no port bound after stop", async () => {

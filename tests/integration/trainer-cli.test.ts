@@ -81,7 +81,7 @@ describe("kubetune run: interruption and resume", () => {
   it("after SIGKILL between checkpoints, a restart resumes and writes the same adapter byte for byte", async () => {
     const job = await tinyJob(RESUMABLE);
     const killed = await kubetune(["run", job.manifestPath, "--json"], {
-      onEvent: (event, kill) => event.event === "step" && event.step === 7 && kill("SIGKILL"),
+      onEvent: (event, kill) => event.event === "step" && event.step === 6 && kill("SIGKILL"),
     });
     expect(killed.signal).toBe("SIGKILL");
     // Killed after the checkpoint of step 5 and before that of step 10, with no output written.
