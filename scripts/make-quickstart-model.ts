@@ -36,7 +36,7 @@ import { corpusDocuments, instructionRecords } from "./quickstart-text.ts";
 
 const { values: args } = parseArgs({
   options: {
-    steps: { type: "string", default: "500" },
+    steps: { type: "string", default: "1000" },
     out: { type: "string", default: path.join(import.meta.dirname, "../examples/quickstart") },
     seed: { type: "string", default: "1234" },
   },
@@ -71,7 +71,7 @@ const CONFIG = {
 const SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"];
 const BATCH_SIZE = 16;
 const SEQ_LENGTH = 128;
-const PEAK_LEARNING_RATE = 3e-3;
+const PEAK_LEARNING_RATE = 5e-3;
 const WARMUP_STEPS = 50;
 
 const backend = await selectBackend("cpu");

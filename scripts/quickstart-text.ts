@@ -3,11 +3,12 @@ import { Rng } from "../trainer/random.ts";
 /**
  * The quickstart's text, all of it written for this project (so it may be redistributed under
  * the project's license): a small table of facts, a pretraining corpus that states them in
- * plain sentences among short made-up stories, and an instruction dataset that asks for them
- * in a Question/Answer format the corpus never uses.
+ * plain sentences, and as questions and answers people ask each other, among short made-up
+ * stories, and an instruction dataset that asks for them in a Question/Answer layout the
+ * corpus never uses.
  *
- * That split is the point of the quickstart: the base model knows "the opposite of hot is
- * cold" but has never seen "Question: ... Answer:"; LoRA teaches it the format, and the
+ * That split is the point of the quickstart: the base model knows that the opposite of hot
+ * is cold but has never seen "Question: ... Answer:"; LoRA teaches it the layout, and the
  * before/after sample shows the difference.
  */
 
@@ -52,16 +53,36 @@ function factSentences(rng: Rng): string[] {
   const [a, b] = pick(OPPOSITES, rng);
   const [thing, color] = pick(COLORS, rng);
   const [animal, sound] = pick(SOUNDS, rng);
-  const x = rng.nextInt(10);
-  const y = rng.nextInt(10 - x + 1);
   const n = rng.nextInt(20);
   return [
     pick([`The opposite of ${a} is ${b}.`, `The opposite of ${b} is ${a}.`, `${capitalize(a)} and ${b} are opposites.`], rng),
     pick([`${capitalize(thing)} is ${color}.`, `The color of ${thing} is ${color}.`], rng),
     pick([`A ${animal} says ${sound}.`, `The ${animal} says ${sound}.`, `The sound of a ${animal} is ${sound}.`], rng),
-    pick([`${x} plus ${y} is ${x + y}.`, `${x + y} is ${x} plus ${y}.`], rng),
     pick([`${n + 1} comes after ${n}.`, `After ${n} comes ${n + 1}.`], rng),
   ];
+}
+
+/**
+ * A question and its answer as two people in a story say them. The corpus knows questions,
+ * in this form only; the fine-tuning teaches the Question/Answer layout.
+ */
+function dialogue(rng: Rng): string {
+  const [asker, answerer] = [pick(NAMES, rng), pick(NAMES, rng)];
+  const [a, b] = pick(OPPOSITES, rng);
+  const [thing, color] = pick(COLORS, rng);
+  const [animal, sound] = pick(SOUNDS, rng);
+  const n = rng.nextInt(20);
+  const [question, answer] = pick(
+    [
+      [`What is the opposite of ${a}?`, `The opposite of ${a} is ${b}.`],
+      [`What is the opposite of ${b}?`, `The opposite of ${b} is ${a}.`],
+      [`What color is ${thing}?`, `${capitalize(thing)} is ${color}.`],
+      [`What does a ${animal} say?`, `A ${animal} says ${sound}.`],
+      [`What comes after ${n}?`, `${n + 1} comes after ${n}.`],
+    ] as const,
+    rng,
+  );
+  return `${asker} asks, "${question}" ${answerer} says, "${answer}"`;
 }
 
 function storySentence(rng: Rng): string {
@@ -90,7 +111,10 @@ export function corpusDocuments(count: number, seed: number): string[] {
   for (let i = 0; i < count; i++) {
     const sentences: string[] = [];
     const length = 4 + rng.nextInt(5);
-    for (let j = 0; j < length; j++) sentences.push(rng.nextFloat() < 0.6 ? pick(factSentences(rng), rng) : storySentence(rng));
+    for (let j = 0; j < length; j++) {
+      const kind = rng.nextFloat();
+      sentences.push(kind < 0.5 ? pick(factSentences(rng), rng) : kind < 0.75 ? dialogue(rng) : storySentence(rng));
+    }
     documents.push(sentences.join(" "));
   }
   return documents;
@@ -121,9 +145,6 @@ export function instructionRecords(): InstructionRecord[] {
   }
   for (const [thing, color] of COLORS) add([`What color is ${thing}?`, `What is the color of ${thing}?`], `${capitalize(thing)} is ${color}.`);
   for (const [animal, sound] of SOUNDS) add([`What does a ${animal} say?`, `What sound does a ${animal} make?`], `A ${animal} says ${sound}.`);
-  for (let x = 0; x <= 9; x++) {
-    for (let y = 0; x + y <= 10; y++) add([`What is ${x} plus ${y}?`], `${x} plus ${y} is ${x + y}.`);
-  }
   for (let n = 0; n < 20; n++) add([`What comes after ${n}?`, `Which number comes after ${n}?`], `${n + 1} comes after ${n}.`);
   return records;
 }

@@ -1,5 +1,5 @@
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { Readable } from "node:stream";
@@ -76,7 +76,22 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async delete(keys: string[]): Promise<void> {
-    for (const key of keys) await rm(this.pathOf(key), { force: true });
+    for (const key of keys) {
+      const file = this.pathOf(key);
+      await rm(file, { force: true });
+      await this.removeEmptyFolders(path.dirname(file));
+    }
+  }
+
+  /** Removes `folder` and its parents while they are empty, up to the root: S3 has no empty folders either. */
+  private async removeEmptyFolders(folder: string): Promise<void> {
+    for (let current = folder; current !== this.root && current.startsWith(this.root + path.sep); current = path.dirname(current)) {
+      try {
+        await rmdir(current);
+      } catch {
+        return;
+      }
+    }
   }
 
   private async walk(relative: string, into: ObjectInfo[]): Promise<void> {

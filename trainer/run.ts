@@ -86,14 +86,18 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
   const modelStore = open(plan.model.uri);
   const datasetStore = open(plan.dataset.storeUri);
 
-  const problems = await preflight({
+  // The cheap checks first, so that a wrong path or a bad first line is reported before the weights load.
+  const problems = await rethrow(
+    preflight({
+      modelStore,
+      modelPrefix: "",
+      ...(plan.model.architecture ? { architecture: plan.model.architecture } : {}),
+      datasetStore,
+      datasetKeys: [plan.dataset.train, ...(plan.dataset.eval ? [plan.dataset.eval] : [])],
+      dataset: plan.dataset.options,
+    }),
     modelStore,
-    modelPrefix: "",
-    ...(plan.model.architecture ? { architecture: plan.model.architecture } : {}),
-    datasetStore,
-    datasetKeys: [plan.dataset.train, ...(plan.dataset.eval ? [plan.dataset.eval] : [])],
-    dataset: plan.dataset.options,
-  });
+  );
   if (problems.length > 0) throw new JobError(problems[0]!.reason, problems.map((problem) => problem.message).join("\n"));
 
   const backend = await rethrow(selectBackend(plan.backend), modelStore);

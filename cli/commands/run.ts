@@ -158,6 +158,10 @@ export class ProgressBar implements ProgressDisplay {
   event(event: ProgressEvent): void {
     switch (event.event) {
       case "start":
+        if (event.resumedFrom && event.step >= event.totalSteps) {
+          this.print(`already trained: ${event.resumedFrom} is the last step; writing the outputs again (delete that folder's parent to train anew)`);
+          break;
+        }
         this.print(
           `${event.resumedFrom ? `resuming from ${event.resumedFrom} (step ${event.step})` : "training"}: ${event.totalSteps} steps on ${event.backend}, ` +
             `${event.trainableParameters.toLocaleString("en-US")} trainable parameters (${percent(event.trainableParameters / event.totalParameters)} of ${event.totalParameters.toLocaleString("en-US")})`,

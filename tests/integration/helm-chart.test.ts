@@ -32,7 +32,7 @@ describe("the Helm chart", () => {
     expect(rendered.status, rendered.stderr).toBe(0);
     const kinds = parseAllDocuments(rendered.stdout).map((document) => (document.toJS() as { kind: string } | null)?.kind).filter(Boolean).sort();
     expect(kinds).toEqual(["ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "PodDisruptionBudget", "Secret", "Secret", "Service", "ServiceAccount"]);
-    const applied = kubectl(["apply", "--dry-run=server", "-n", namespace, "-f", "-"], rendered.stdout);
+    const applied = kubectl(["apply", "--server-side", "--force-conflicts", "--field-manager=helm-test", "--dry-run=server", "-n", namespace, "-f", "-"], rendered.stdout);
     expect(applied.stderr).toBe("");
     expect(applied.status).toBe(0);
   });

@@ -52,6 +52,18 @@ describe("checkpoints", () => {
     expect((await loadLatestCheckpoint(s))?.step).toBe(40);
   });
 
+  it("keeps checkpoints in another folder when asked, and never at the store's root", async () => {
+    const s = await store();
+    await saveCheckpoint(s, { step: 3, tensors: tensors(3), state: {} }, "ckpt");
+    await saveCheckpoint(s, { step: 6, tensors: tensors(6), state: {} }, "ckpt");
+    await s.put("adapter_config.json", "{}");
+    expect((await loadLatestCheckpoint(s, "ckpt"))?.prefix).toBe("ckpt/step-00000006");
+    expect(await loadLatestCheckpoint(s)).toBeUndefined();
+    expect(await pruneCheckpoints(s, 1, "ckpt")).toEqual(["ckpt/step-00000003"]);
+    expect(await s.head("adapter_config.json")).toBeDefined();
+    await expect(saveCheckpoint(s, { step: 1, tensors: {}, state: {} }, "")).rejects.toThrow('checkpoint folder must be one path segment, got ""');
+  });
+
   it("refuses a tensor whose data does not fill its shape", async () => {
     await expect(saveCheckpoint(await store(), { step: 1, tensors: { t: { shape: [4], data: new Float32Array(3) } }, state: {} })).rejects.toThrow(
       "checkpoint tensor t: shape [4] needs 4 values, got 3",

@@ -153,6 +153,8 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
       run.onProgress?.({ event: "eval", step: state.step, evalLoss: result.loss, evalPerplexity: result.perplexity, evalTokens: result.tokens });
     };
 
+    // The base model's eval loss, the "before" of the loss curve.
+    if (state.step === 0 && state.evals.length === 0) await evaluateNow();
     try {
       while (state.step < state.totalSteps) {
         const micro = await nextStepBatches(batches, config.gradientAccumulation);

@@ -1,4 +1,3 @@
-import path from "node:path";
 import type { DefaultedFineTuneJobSpec } from "../../api/index.ts";
 import { parseLocation } from "../../storage/open-store.ts";
 import type { S3Options } from "../../storage/s3-store.ts";
@@ -183,7 +182,3 @@ function trimSlashes(uri: string): string {
   return uri.length > 1 ? uri.replace(/\/+$/, "") : uri;
 }
 
-/** The folder a local path lives in, for resolving a manifest's relative paths. */
-export function manifestFolder(file: string): string {
-  return path.dirname(path.resolve(file));
-}

@@ -153,7 +153,7 @@ describe("the outputs", () => {
     expect(metrics).toMatchObject({ method: "lora", backend: "wasm", steps: 8, totalSteps: 8, attempts: 1, trainableParameters: result.outputs.trainableParameters });
     expect(metrics.trainableShare).toBeCloseTo(metrics.trainableParameters / metrics.totalParameters, 12);
     expect(metrics.loss).toHaveLength(8);
-    expect(metrics.eval.map((entry: { step: number }) => entry.step)).toEqual([3, 6, 8]);
+    expect(metrics.eval.map((entry: { step: number }) => entry.step)).toEqual([0, 3, 6, 8]);
     expect(metrics.eval[0].perplexity).toBeCloseTo(Math.exp(metrics.eval[0].loss), 6);
     expect(metrics.tokensPerSecond).toBeGreaterThan(0);
     expect(metrics.sample).toEqual({ prompt: expect.any(String), base: expect.any(String), adapter: expect.any(String) });
