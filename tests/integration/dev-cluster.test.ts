@@ -10,7 +10,7 @@ function kubetune(args: string[], env: NodeJS.ProcessEnv) {
 }
 
 describe("kubetune dev-cluster", () => {
-  it("prints shell exports that reach a real API server with the CRD, and down leaves nothing behind", async () => {
+  it("prints shell exports for a real API server, runs the dev-cluster quickstart to Succeeded, and down leaves nothing behind", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-devcluster-test-"));
     await chmod(dir, 0o755);
     const env = { KUBETUNE_DEV_CLUSTER_DIR: path.join(dir, "cluster") };
@@ -22,6 +22,25 @@ describe("kubetune dev-cluster", () => {
     expect(kubectl.stdout.trim()).toBe("customresourcedefinition.apiextensions.k8s.io/finetunejobs.kubetune.io");
     const secret = spawnSync(path.join(exports.PATH!, "kubectl"), ["get", "secret", "kubetune-s3", "-o", "name"], { encoding: "utf8", env: { ...process.env, KUBECONFIG: exports.KUBECONFIG } });
     expect(secret.stdout.trim()).toBe("secret/kubetune-s3");
+    // The dev-cluster quickstart runs there unchanged: the real operator, preflight and trainer.
+    const kubectlIn = (args: string[]) => spawnSync(path.join(exports.PATH!, "kubectl"), args, { encoding: "utf8", env: { ...process.env, KUBECONFIG: exports.KUBECONFIG } });
+    expect(kubectlIn(["apply", "-f", "examples/dev-cluster/quickstart.yaml"]).status).toBe(0);
+    const phases = new Set<string>();
+    let progressWhileRunning = false;
+    const deadline = Date.now() + 240_000;
+    let phase = "";
+    while (Date.now() < deadline && phase !== "Succeeded" && phase !== "Failed") {
+      const job = JSON.parse(kubectlIn(["get", "ftj", "quickstart", "-o", "json"]).stdout) as { status?: { phase?: string; progress?: { step?: number } } };
+      phase = job.status?.phase ?? "";
+      phases.add(phase);
+      if (phase === "Running" && (job.status?.progress?.step ?? 0) > 0) progressWhileRunning = true;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    expect(phase).toBe("Succeeded");
+    expect(progressWhileRunning).toBe(true);
+    const table = kubectlIn(["get", "ftj", "quickstart"]).stdout.trim().split("\n")[1]!.split(/\s+/);
+    expect(table.slice(0, 4)).toEqual(["quickstart", "Succeeded", "lora", "100"]);
+
     const server = /server: (\S+)/.exec(spawnSync("cat", [exports.KUBECONFIG!], { encoding: "utf8" }).stdout)![1]!;
     const ports = [Number(new URL(server).port), Number(new URL(exports.AWS_ENDPOINT_URL!).port)];
     const pid = Number(/running \(pid (\d+)\)/.exec(kubetune(["dev-cluster", "status"], env).stdout)![1]);

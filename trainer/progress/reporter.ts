@@ -22,6 +22,8 @@ export interface ReporterOptions {
 export class ProgressReporter {
   private lastSent = 0;
   private pending?: ProgressReport;
+  /** The newest report, whose progress fields ride along with checkpoint and output reports. */
+  private latest?: ProgressReport;
   private inFlight: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: ReporterOptions) {}
@@ -36,12 +38,26 @@ export class ProgressReporter {
   report(report: ProgressReport): void {
     const important = report.checkpoint !== undefined || report.outputs !== undefined;
     const interval = this.options.minIntervalMs ?? 5000;
-    if (!important && Date.now() - this.lastSent < interval) {
+    if (important) {
+      // Checkpoints and outputs go at once, carrying the newest progress with them; they do not
+      // restart the throttle window, or frequent checkpoints would starve the progress updates.
+      const { checkpoint: _checkpoint, outputs: _outputs, ...progress } = this.latest ?? { step: report.step };
+      this.latest = { ...progress, ...report, checkpoint: undefined, outputs: undefined };
+      this.pending = undefined;
+      this.enqueue({ ...progress, ...report });
+      return;
+    }
+    this.latest = report;
+    if (Date.now() - this.lastSent < interval) {
       this.pending = report;
       return;
     }
     this.pending = undefined;
     this.lastSent = Date.now();
+    this.enqueue(report);
+  }
+
+  private enqueue(report: ProgressReport): void {
     this.inFlight = this.inFlight.then(() => this.send(report));
   }
 
@@ -50,7 +66,7 @@ export class ProgressReporter {
     if (this.pending) {
       const report = this.pending;
       this.pending = undefined;
-      this.inFlight = this.inFlight.then(() => this.send(report));
+      this.enqueue(report);
     }
     await this.inFlight;
   }

@@ -1,0 +1,58 @@
+import https from "node:https";
+import { mkdtemp, readFile } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makePki } from "../../localcluster/pki.ts";
+import type { ProgressReport } from "../../operator/progress/report.ts";
+import { ProgressReporter } from "./reporter.ts";
+
+describe("ProgressReporter", () => {
+  const received: { auth?: string; body: ProgressReport }[] = [];
+  let server: https.Server;
+  let url: string;
+  let ca: string;
+
+  beforeAll(async () => {
+    const pki = await makePki(await mkdtemp(path.join(os.tmpdir(), "kubetune-reporter-")));
+    ca = await readFile(pki.caCert, "utf8");
+    server = https.createServer({ cert: await readFile(pki.servingCert), key: await readFile(pki.servingKey) }, (request, response) => {
+      let body = "";
+      request.on("data", (chunk: Buffer) => (body += chunk.toString()));
+      request.on("end", () => {
+        received.push({ auth: request.headers.authorization, body: JSON.parse(body) as ProgressReport });
+        response.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+
+  afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+
+  it("throttles step reports, sends checkpoints at once with the newest progress, and flushes the rest", async () => {
+    received.length = 0;
+    const reporter = new ProgressReporter({ url, namespace: "team", name: "job", token: "secret-token", ca, minIntervalMs: 60_000 });
+    reporter.report({ step: 1, totalSteps: 10, loss: 3 });
+    reporter.report({ step: 2, totalSteps: 10, loss: 2.5 });
+    reporter.report({ step: 3, totalSteps: 10, loss: 2 });
+    reporter.report({ step: 3, checkpoint: { step: 3, uri: "s3://b/ckpt/step-00000003" } });
+    reporter.report({ step: 4, totalSteps: 10, loss: 1.5 });
+    await reporter.flush();
+    expect(received.map((entry) => entry.body)).toEqual([
+      { step: 1, totalSteps: 10, loss: 3 },
+      { step: 3, totalSteps: 10, loss: 2, checkpoint: { step: 3, uri: "s3://b/ckpt/step-00000003" } },
+      { step: 4, totalSteps: 10, loss: 1.5 },
+    ]);
+    expect(received.every((entry) => entry.auth === "Bearer secret-token")).toBe(true);
+  });
+
+  it("never fails training when the operator is unreachable", async () => {
+    const logged: string[] = [];
+    const reporter = new ProgressReporter({ url: "https://127.0.0.1:1", namespace: "n", name: "j", token: "t", ca, log: (line) => logged.push(line) });
+    reporter.report({ step: 1 });
+    await reporter.flush();
+    expect(logged[0]).toMatch(/progress report not delivered/);
+  });
+});
