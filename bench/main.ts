@@ -20,6 +20,7 @@ import { AdamW } from "../trainer/optim/adamw.ts";
 import { Rng } from "../trainer/random.ts";
 import type { TensorMap } from "../trainer/safetensors/safetensors.ts";
 import { trainStep } from "../trainer/train/step.ts";
+import { benchOperator } from "./operator.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -29,6 +30,8 @@ const { values: args } = parseArgs({
     steps: { type: "string", default: "5" },
     repeats: { type: "string", default: "3" },
     python: { type: "string", default: process.env.PYTHON ?? "python3" },
+    // The operator's benchmark (bench/operator.ts); 0 skips it.
+    "operator-jobs": { type: "string", default: "1000" },
   },
 });
 const WARMUP = Number(args.warmup);
@@ -124,6 +127,8 @@ const tfjs = await benchTfjs();
 const pytorch = benchPytorch(1);
 const pytorchAllCores = os.availableParallelism() > 1 ? benchPytorch(os.availableParallelism()) : undefined;
 const ratio = "tokensPerSecond" in pytorch ? tfjs.tokensPerSecond / pytorch.tokensPerSecond : null;
+const operatorJobs = Number(args["operator-jobs"]);
+const operator = operatorJobs > 0 ? await benchOperator(operatorJobs) : undefined;
 const report = {
   config: BENCH_CONFIG,
   protocol: { warmupSteps: WARMUP, timedSteps: STEPS, repeats: REPEATS, statistic: "median tokens/s of the repeats" },
@@ -132,6 +137,7 @@ const report = {
   ...(pytorchAllCores ? { pytorchAllCores } : {}),
   ratio,
   ...("unavailable" in pytorch ? { note: `PyTorch reference skipped: ${pytorch.unavailable}; tfjs figures only` } : {}),
+  ...(operator ? { operator } : {}),
 };
 
 if (args.json) {
@@ -145,5 +151,11 @@ if (args.json) {
     console.log(`ratio tfjs / PyTorch (1 thread): ${ratio!.toFixed(3)}`);
   } else {
     console.log(`note: ${report.note}`);
+  }
+  if (operator) {
+    console.log(
+      `operator: ${operator.jobs} FineTuneJobs -> every trainer pod in ${operator.secondsUntilAllPods} s, ${operator.reconcilesPerSecond} reconciles/s, ` +
+        `${operator.apiRequestsPerJob} API requests per job, peak RSS ${operator.operatorPeakRssMiB} MiB (kube-apiserver ${operator.kubeApiserver})`,
+    );
   }
 }
