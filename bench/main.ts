@@ -123,6 +123,9 @@ function benchPytorch(threads: number): (Figures & { torch: string; threads: num
   return JSON.parse(run.stdout.trim().split("\n").at(-1)!);
 }
 
+// Interrupted: exit normally, so that the servers the operator benchmark started are stopped too.
+for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => process.exit(130));
+
 const tfjs = await benchTfjs();
 const pytorch = benchPytorch(1);
 const pytorchAllCores = os.availableParallelism() > 1 ? benchPytorch(os.availableParallelism()) : undefined;

@@ -59,6 +59,8 @@ export async function benchOperator(jobs: number, log: (line: string) => void = 
       ],
       { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true" } },
     );
+    const child = operator;
+    process.once("exit", () => child.kill("SIGKILL"));
     const metricsUrl = `http://127.0.0.1:${probePort}/metrics`;
     await waitUntil(async () => (await fetch(`http://127.0.0.1:${probePort}/readyz`).catch(() => undefined))?.status === 200, 60_000);
     const baseline = await scrape(metricsUrl);
@@ -153,6 +155,8 @@ function round(value: number): number {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  // Interrupted: exit normally, so that the servers this benchmark started are stopped too.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => process.exit(130));
   const { values } = parseArgs({ options: { jobs: { type: "string", default: "1000" }, json: { type: "boolean", default: false } } });
   const figures = await benchOperator(Number(values.jobs), values.json ? undefined : (line) => console.error(line));
   console.log(values.json ? JSON.stringify(figures) : figures);

@@ -13,6 +13,21 @@ export interface ManagedProcess {
   stop(graceMs?: number): Promise<void>;
 }
 
+/** Process groups started here and not yet stopped; killed if this process exits first. */
+const running = new Set<number>();
+let exitHookInstalled = false;
+
+function killOnExit(pid: number): void {
+  running.add(pid);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Servers run in their own process groups (so a stop reaches what they fork), which also
+  // means they would outlive us: end them when this process exits, however it exits normally.
+  process.once("exit", () => {
+    for (const group of running) signalGroup(group, "SIGKILL");
+  });
+}
+
 /**
  * Starts a server in its own process group (so stop() also ends anything it forked), with
  * stdout and stderr appended to logFile.
@@ -43,6 +58,8 @@ export function startProcess(
   exited.catch(() => undefined);
   if (child.pid === undefined) throw new Error(`${name}: cannot start ${command}`);
   const pid = child.pid;
+  killOnExit(pid);
+  void exited.finally(() => running.delete(pid));
   let stopping: Promise<void> | undefined;
   return {
     name,
