@@ -2,7 +2,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { attention, attentionBias, splitHeads } from "./attention.ts";
 import type { Gpt2Config } from "./config.ts";
 import {
-  FrozenWeights,
+  FrozenWeightsModel,
   forwardContext,
   inputEmbeddings,
   prefixLength,
@@ -13,7 +13,6 @@ import {
   type Linear,
   type ModelInputs,
 } from "./model.ts";
-import type { TensorMap } from "../safetensors/safetensors.ts";
 
 /**
  * GPT-2 as Hugging Face's GPT2LMHeadModel computes it:
@@ -61,10 +60,8 @@ interface Gpt2Layer {
   mlpProjection: Linear;
 }
 
-export class Gpt2Model implements CausalLM {
-  readonly linears = new Map<string, Linear>();
+export class Gpt2Model extends FrozenWeightsModel implements CausalLM {
   readonly outputHead: Linear;
-  private readonly weights: FrozenWeights;
   private readonly tokenEmbedding: tf.Variable;
   private readonly positionEmbedding: tf.Variable;
   private readonly layers: Gpt2Layer[] = [];
@@ -75,7 +72,7 @@ export class Gpt2Model implements CausalLM {
     readonly config: Gpt2Config,
     weights: Map<string, tf.Tensor>,
   ) {
-    this.weights = new FrozenWeights(weights);
+    super(weights);
     const conv1d = (path: string) => this.register(this.weights.linear(path, "conv1d", true));
     const layerNorm = (path: string) => ({
       weight: this.weights.take(`${path}.weight`),
@@ -124,23 +121,6 @@ export class Gpt2Model implements CausalLM {
       });
       return this.outputHead.forward(layerNorm(h, this.lnF, config.layerNormEps), context) as tf.Tensor3D;
     });
-  }
-
-  stateDict(): TensorMap {
-    return this.weights.stateDict();
-  }
-
-  parameterCount(): number {
-    return this.weights.parameterCount();
-  }
-
-  dispose(): void {
-    this.weights.dispose();
-  }
-
-  private register(module: Linear): Linear {
-    this.linears.set(module.path, module);
-    return module;
   }
 
   private block(

@@ -2,7 +2,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { attention, attentionBias, splitHeads } from "./attention.ts";
 import type { LlamaConfig } from "./config.ts";
 import {
-  FrozenWeights,
+  FrozenWeightsModel,
   forwardContext,
   inputEmbeddings,
   prefixLength,
@@ -13,7 +13,6 @@ import {
   type Linear,
   type ModelInputs,
 } from "./model.ts";
-import type { TensorMap } from "../safetensors/safetensors.ts";
 
 /**
  * The Llama family (Llama, Mistral, Qwen2, SmolLM) as Hugging Face's LlamaForCausalLM computes it:
@@ -61,10 +60,8 @@ interface LlamaLayer {
   down: Linear;
 }
 
-export class LlamaModel implements CausalLM {
-  readonly linears = new Map<string, Linear>();
+export class LlamaModel extends FrozenWeightsModel implements CausalLM {
   readonly outputHead: Linear;
-  private readonly weights: FrozenWeights;
   private readonly embedTokens: tf.Variable;
   private readonly layers: LlamaLayer[] = [];
   private readonly norm: tf.Variable;
@@ -75,7 +72,7 @@ export class LlamaModel implements CausalLM {
     readonly config: LlamaConfig,
     weights: Map<string, tf.Tensor>,
   ) {
-    this.weights = new FrozenWeights(weights);
+    super(weights);
     const take = (path: string, bias: boolean) => this.register(this.weights.linear(path, "linear", bias));
     this.embedTokens = this.weights.take("model.embed_tokens.weight");
     for (let i = 0; i < config.numLayers; i++) {
@@ -123,23 +120,6 @@ export class LlamaModel implements CausalLM {
       });
       return this.outputHead.forward(rmsNorm(h, this.norm, config.rmsNormEps), context) as tf.Tensor3D;
     });
-  }
-
-  stateDict(): TensorMap {
-    return this.weights.stateDict();
-  }
-
-  parameterCount(): number {
-    return this.weights.parameterCount();
-  }
-
-  dispose(): void {
-    this.weights.dispose();
-  }
-
-  private register(module: Linear): Linear {
-    this.linears.set(module.path, module);
-    return module;
   }
 
   private block(

@@ -218,3 +218,33 @@ export function withPrefix(prefix: tf.Tensor4D | undefined, tensor: tf.Tensor4D)
   const broadcast = prefix.shape[0] === batch ? prefix : tf.tile(prefix, [batch, 1, 1, 1]);
   return tf.concat([broadcast, tensor], 2);
 }
+
+/**
+ * What every model class shares: the frozen weights it was built from (which it owns and
+ * disposes) and the registry of its linear modules by Hugging Face path.
+ */
+export abstract class FrozenWeightsModel {
+  readonly linears = new Map<string, Linear>();
+  protected readonly weights: FrozenWeights;
+
+  constructor(weights: Map<string, tf.Tensor>) {
+    this.weights = new FrozenWeights(weights);
+  }
+
+  stateDict(): TensorMap {
+    return this.weights.stateDict();
+  }
+
+  parameterCount(): number {
+    return this.weights.parameterCount();
+  }
+
+  dispose(): void {
+    this.weights.dispose();
+  }
+
+  protected register(module: Linear): Linear {
+    this.linears.set(module.path, module);
+    return module;
+  }
+}
