@@ -1,160 +1,345 @@
-// The trainer's benchmark (npm run bench -- [--json] [--backend auto|cpu] [--repeats N]):
-// training steps (forward, backward, clipping, AdamW) of a fixed Llama-style LoRA config with
-// random weights, timed in tfjs through the trainer's own step function, and the same step in
-// PyTorch (bench/reference_lora.py) in the same run. Reports tokens per second for both (the
-// median of the repeats), their ratio, and peak memory.
+// The benchmark: npm run bench -- [--json] [--configs small,0.5b] [--backends tensorflow,wasm]
+//   [--warmup N] [--steps N] [--repeats N] [--python PATH] [--operator-jobs N]
 //
-// The ratio compares like with like: tfjs's wasm backend computes on one thread in Node
-// (TESTBED.md), so the reference runs PyTorch on one thread too; PyTorch on every core is
-// reported beside it.
-import { spawnSync } from "node:child_process";
+// The trainer part times LoRA training steps (forward, backward, clipping, AdamW) of two models
+// with random weights, written once as Hugging Face model folders (bench/model-folder.ts) and
+// loaded through the trainer's own loader: "small" (a 4-layer Llama, batch 8 x 128) and "0.5b"
+// (Qwen2.5-0.5B's shapes, batch 1 x 512); see bench/configs.ts. Every tfjs backend present
+// (wasm always, tensorflow once `npm run native` built it) runs in a process of its own
+// (bench/trainer-bench.ts), so its peak RSS is its own; PyTorch (bench/reference_lora.py, the
+// interpreter of scripts/python-env.sh or $PYTHON) runs the same model from the same folder.
+//
+// Like is compared with like: each backend's ratio is to PyTorch on the same number of threads
+// (wasm computes on one thread in Node; TensorFlow on every core), and PyTorch on every core is
+// reported beside it. The same run measures the machine's float32 matmul rate (2048^3 products
+// in PyTorch and in each backend), and each step's FLOPs (bench/configs.ts, STEP_FLOPS_FORMULA)
+// per second as a share of it. The first step's loss of each backend is printed beside
+// PyTorch's: the same weights and tokens must give the same loss.
+//
+// The operator part (bench/operator.ts; --operator-jobs 0 skips it) is reported as `operator`.
+import { spawn } from "node:child_process";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import * as tf from "@tensorflow/tfjs-core";
-import { selectBackend, type BackendPreference } from "../trainer/backend/backend.ts";
-import { loraMethod } from "../trainer/methods/lora/model.ts";
-import { parseModelConfig } from "../trainer/model/config.ts";
-import { createModelFromStateDict, weightShapes } from "../trainer/model/loader.ts";
-import { AdamW } from "../trainer/optim/adamw.ts";
-import { Rng } from "../trainer/random.ts";
-import type { TensorMap } from "../trainer/safetensors/safetensors.ts";
-import { trainStep } from "../trainer/train/step.ts";
+import { cpuThreads, findNativeBuild } from "../trainer/backend/backend.ts";
+import { BENCH_CONFIGS, CONFIG_NAMES, isConfigName, STEP_FLOPS_FORMULA, stepFlops, type BenchConfig, type ConfigName } from "./configs.ts";
+import { modelFolder, modelFolderExists } from "./model-folder.ts";
 import { benchOperator } from "./operator.ts";
+
+const BACKENDS = ["tensorflow", "wasm"] as const;
+type Backend = (typeof BACKENDS)[number];
 
 const { values: args } = parseArgs({
   options: {
     json: { type: "boolean", default: false },
-    backend: { type: "string", default: "auto" },
-    warmup: { type: "string", default: "2" },
-    steps: { type: "string", default: "5" },
-    repeats: { type: "string", default: "3" },
-    python: { type: "string", default: process.env.PYTHON ?? "python3" },
+    configs: { type: "string", default: CONFIG_NAMES.join(",") },
+    backends: { type: "string", default: BACKENDS.join(",") },
+    // Override every config's protocol (bench/configs.ts) when given.
+    warmup: { type: "string" },
+    steps: { type: "string" },
+    repeats: { type: "string" },
+    python: { type: "string", default: process.env.PYTHON },
+    "matmul-size": { type: "string", default: "2048" },
     // The operator's benchmark (bench/operator.ts); 0 skips it.
     "operator-jobs": { type: "string", default: "1000" },
   },
 });
-const WARMUP = Number(args.warmup);
-const STEPS = Number(args.steps);
-const REPEATS = Number(args.repeats);
 
-/** The fixed benchmark: a 4-layer Llama, hidden 256, 4 heads, vocab 4096; batch 8 x 128 tokens; LoRA r 8 on q_proj and v_proj. */
-export const BENCH_CONFIG = {
-  vocab_size: 4096,
-  hidden_size: 256,
-  // 8/3 of hidden, rounded up to a multiple of 16, as Llama sizes its MLP.
-  intermediate_size: 688,
-  num_hidden_layers: 4,
-  num_attention_heads: 4,
-  num_key_value_heads: 4,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000,
-  max_position_embeddings: 128,
-  batch_size: 8,
-  seq_length: 128,
-  lora_r: 8,
-  lora_alpha: 16,
-  seed: 0,
-};
+const root = path.dirname(import.meta.dirname);
+const started = performance.now();
+// Other work on the machine slows every run; the report says how busy it was.
+const loadAverageAtStart = os.loadavg();
+const log = (line: string) => process.stderr.write(`bench: ${line}\n`);
+const round = (value: number, digits = 0) => Math.round(value * 10 ** digits) / 10 ** digits;
 
-interface Figures {
+function pickList<T extends string>(flag: string, value: string, allowed: readonly T[]): T[] {
+  const names = value.split(",").map((name) => name.trim()).filter(Boolean);
+  const wrong = names.filter((name) => !allowed.includes(name as T));
+  if (wrong.length > 0 || names.length === 0) {
+    console.error(`bench: --${flag} ${value}: use a comma-separated list of ${allowed.join(", ")}`);
+    process.exit(2);
+  }
+  return names as T[];
+}
+const configNames = pickList("configs", args.configs!, CONFIG_NAMES).filter(isConfigName);
+const backendNames = pickList("backends", args.backends!, BACKENDS);
+
+interface Failure {
+  error: string;
+}
+interface Unavailable {
+  unavailable: string;
+}
+type Outcome<T> = T | Failure | Unavailable;
+const succeeded = <T extends object>(outcome: Outcome<T> | undefined): outcome is T =>
+  outcome !== undefined && !("error" in outcome) && !("unavailable" in outcome);
+
+interface TrainFigures {
   tokensPerSecond: number;
-  runs: number[];
+  stepSeconds: number;
+  threads: number;
+  firstStepLoss: number;
   peakRssMiB: number;
+  [key: string]: unknown;
+}
+interface MatmulFigures {
+  threads: number;
+  gflops: number;
+  [key: string]: unknown;
 }
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
-const mib = (bytes: number) => Math.round((bytes / 2 ** 20) * 10) / 10;
-
-async function benchTfjs(): Promise<Figures & { backend: string; stepSeconds: number; trainableParameters: number; wasmHeapMiB?: number }> {
-  const backend = await selectBackend(args.backend as BackendPreference);
-  const c = BENCH_CONFIG;
-  const config = parseModelConfig({ ...c, architectures: ["LlamaForCausalLM"], hidden_act: "silu", tie_word_embeddings: false });
-  const rng = Rng.fromSeed(c.seed);
-  const weights: TensorMap = new Map();
-  for (const [name, shape] of weightShapes(config)) {
-    const data = name.endsWith("norm.weight") ? new Float32Array(shape[0]!).fill(1) : rng.fillUniform(new Float32Array(shape.reduce((a, b) => a * b, 1)), -0.05, 0.05);
-    weights.set(name, { shape, data });
-  }
-  const model = createModelFromStateDict(config, weights);
-  const adapter = loraMethod.inject(model, { r: c.lora_r, alpha: c.lora_alpha, targetModules: ["q_proj", "v_proj"] }, { rng, baseModelNameOrPath: "bench" });
-  const optimizer = new AdamW([...adapter.trainableVariables()].map(([name, variable]) => ({ name, variable, decay: false })));
-  const tokens = c.batch_size * c.seq_length;
-  const ids = Int32Array.from({ length: tokens }, () => rng.nextInt(c.vocab_size));
-  const batch = { rows: c.batch_size, seqLength: c.seq_length, inputIds: ids, attentionMask: new Int32Array(tokens).fill(1), labels: ids };
-  const step = () => trainStep(adapter, [batch], { optimizer, learningRate: 1e-4, maxGradNorm: 1 });
-
-  for (let i = 0; i < WARMUP; i++) step();
-  const runs: number[] = [];
-  for (let repeat = 0; repeat < REPEATS; repeat++) {
-    const started = performance.now();
-    for (let i = 0; i < STEPS; i++) step();
-    runs.push((tokens * STEPS) / ((performance.now() - started) / 1000));
-  }
-  const wasm = (tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } }).wasm;
-  const result = {
-    backend,
-    tokensPerSecond: median(runs),
-    runs,
-    stepSeconds: tokens / median(runs),
-    trainableParameters: adapter.trainableParameterCount(),
-    peakRssMiB: mib(process.resourceUsage().maxRSS * 1024),
-    ...(wasm?.HEAPU8 ? { wasmHeapMiB: mib(wasm.HEAPU8.buffer.byteLength) } : {}),
-  };
-  optimizer.dispose();
-  adapter.remove();
-  model.dispose();
-  return result;
-}
-
-/** The PyTorch reference with `threads` threads, or why it could not run. */
-function benchPytorch(threads: number): (Figures & { torch: string; threads: number }) | { unavailable: string } {
-  const script = path.join(import.meta.dirname, "reference_lora.py");
-  const run = spawnSync(
-    args.python!,
-    [script, "--config", JSON.stringify(BENCH_CONFIG), "--threads", String(threads), "--warmup", String(WARMUP), "--steps", String(STEPS), "--repeats", String(REPEATS)],
-    { encoding: "utf8", timeout: 600_000 },
-  );
-  if (run.error) return { unavailable: `${args.python} could not be started (${run.error.message})` };
-  if (run.status !== 0) {
-    const missing = /No module named 'torch'/.test(run.stderr);
-    return { unavailable: missing ? "PyTorch is not installed (pip install torch)" : `the reference failed: ${run.stderr.trim().split("\n").at(-1)}` };
-  }
-  return JSON.parse(run.stdout.trim().split("\n").at(-1)!);
-}
-
-// Interrupted: exit normally, so that the servers the operator benchmark started are stopped too.
+let running: ReturnType<typeof spawn> | undefined;
+process.on("exit", () => running?.kill("SIGKILL"));
+// Interrupted: exit normally, so that the child and the servers the operator benchmark started are stopped too.
 for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => process.exit(130));
 
-const tfjs = await benchTfjs();
-const pytorch = benchPytorch(1);
-const pytorchAllCores = os.availableParallelism() > 1 ? benchPytorch(os.availableParallelism()) : undefined;
-const ratio = "tokensPerSecond" in pytorch ? tfjs.tokensPerSecond / pytorch.tokensPerSecond : null;
+/**
+ * Runs a measurement process and takes the JSON object on the last line of its stdout. Its
+ * stderr (progress, warnings) passes through; a process that dies without a JSON answer (an
+ * abort when out of memory, a signal) becomes an error with its last stderr line.
+ */
+function runJson<T>(command: string, commandArgs: string[], options: { env?: NodeJS.ProcessEnv; timeoutSeconds: number }): Promise<T | Failure> {
+  return new Promise((resolve) => {
+    const child = spawn(command, commandArgs, { cwd: root, env: { ...process.env, ...options.env }, stdio: ["ignore", "pipe", "pipe"] });
+    running = child;
+    let stdout = "";
+    let lastErrorLine = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => {
+      process.stderr.write(chunk);
+      const lines = chunk.toString().trim().split("\n").filter(Boolean);
+      if (lines.length > 0) lastErrorLine = lines.at(-1)!;
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutSeconds * 1000);
+    child.on("error", (error) => resolve({ error: `${command} could not be started (${error.message})` }));
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      running = undefined;
+      const last = stdout.trim().split("\n").at(-1) ?? "";
+      try {
+        resolve(JSON.parse(last) as T | Failure);
+      } catch {
+        const how = signal ? `was killed by ${signal}${signal === "SIGKILL" ? ` (over ${options.timeoutSeconds} s, or out of memory)` : ""}` : `exited with code ${code}`;
+        resolve({ error: `${path.basename(commandArgs.find((arg) => arg.endsWith(".ts") || arg.endsWith(".py")) ?? command)} ${how}: ${lastErrorLine}` });
+      }
+    });
+  });
+}
+
+const nodeScript = (task: string, options: string[]) => [process.execPath, ["--import", "tsx", "bench/trainer-bench.ts", task, ...options]] as const;
+
+/** The interpreter for the PyTorch reference: --python / $PYTHON, else the venv of scripts/python-env.sh. */
+async function findPython(): Promise<string | Unavailable> {
+  if (args.python) return args.python;
+  const check = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+    const child = spawn("bash", [path.join(root, "scripts", "python-env.sh"), "--check"], { stdio: ["ignore", "pipe", "ignore"] });
+    let stdout = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    child.on("error", () => resolve({ code: 1, stdout: "" }));
+    child.on("close", (code) => resolve({ code, stdout }));
+  });
+  if (check.code === 0 && check.stdout.trim()) return check.stdout.trim();
+  return { unavailable: "no Python environment for the PyTorch reference: run scripts/python-env.sh once (or set PYTHON to an interpreter with torch and safetensors)" };
+}
+
+const python = await findPython();
+const reference = (task: string, options: string[], threads: number) =>
+  typeof python === "string"
+    ? runJson<TrainFigures & MatmulFigures>(python, [path.join("bench", "reference_lora.py"), task, "--threads", String(threads), ...options], {
+        timeoutSeconds: 1800,
+        // One thread pool of the given size, not MKL's or OpenMP's own idea of the core count.
+        env: { OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
+      })
+    : Promise.resolve(python);
+
+const allCores = cpuThreads();
+const native = findNativeBuild();
+const backendThreads: Record<Backend, number> = { tensorflow: allCores, wasm: 1 };
+const backendAbsent = (backend: Backend): Unavailable | undefined =>
+  backend === "tensorflow" && !native ? { unavailable: "the native TensorFlow backend is not built (npm run native)" } : undefined;
+const threadCounts = [...new Set([1, allCores])];
+
+// The machine's matmul rate, on each thread count the comparisons use.
+const matmulSize = args["matmul-size"]!;
+log(`matmul ${matmulSize}^3 float32: PyTorch on ${threadCounts.join(" and ")} thread(s), then each backend`);
+const pytorchMatmul: Record<number, Outcome<MatmulFigures>> = {};
+for (const threads of threadCounts) pytorchMatmul[threads] = await reference("matmul", ["--size", matmulSize, "--repeats", "5"], threads);
+const backendMatmul: Partial<Record<Backend, Outcome<MatmulFigures>>> = {};
+for (const backend of backendNames) {
+  const [command, commandArgs] = nodeScript("matmul", ["--backend", backend, "--threads", String(backendThreads[backend]), "--size", matmulSize]);
+  backendMatmul[backend] = backendAbsent(backend) ?? (await runJson<MatmulFigures>(command, [...commandArgs], { timeoutSeconds: 300 }));
+}
+// The peak on t threads is the fastest product on at most t threads (t threads can do what fewer do).
+const matmulFigures = [...Object.values(pytorchMatmul), ...Object.values(backendMatmul)].filter(succeeded);
+const peakGflops: Record<number, number> = {};
+for (const threads of threadCounts) {
+  const rates = matmulFigures.filter((figures) => figures.threads <= threads).map((figures) => figures.gflops);
+  if (rates.length > 0) peakGflops[threads] = Math.max(...rates);
+}
+const machinePeak = peakGflops[allCores];
+
+const protocolOverrides = [
+  ...(args.warmup ? ["--warmup", args.warmup] : []),
+  ...(args.steps ? ["--steps", args.steps] : []),
+  ...(args.repeats ? ["--repeats", args.repeats] : []),
+];
+
+/** Writes the config's model folder unless the cache has it. */
+async function ensureModel(config: BenchConfig): Promise<string | Failure> {
+  const dir = modelFolder(config);
+  if (modelFolderExists(dir)) return dir;
+  log(`${config.name}: writing the model folder ${dir} (once; reused by later runs)`);
+  const [command, commandArgs] = nodeScript("write-model", ["--config", config.name, "--out", dir]);
+  const written = await runJson<{ dir: string }>(command, [...commandArgs], { timeoutSeconds: 900 });
+  return "error" in written ? written : dir;
+}
+
+/** FLOPs per second of a run, as a share of the matmul rate on its thread count and on every core. */
+function withFlops<T extends TrainFigures>(figures: Outcome<T>, flops: number): Outcome<T> {
+  if (!succeeded(figures)) return figures;
+  const gflops = flops / figures.stepSeconds / 1e9;
+  const sameThreads = peakGflops[figures.threads];
+  return {
+    ...figures,
+    achievedGflops: round(gflops, 1),
+    ...(sameThreads ? { flopShareSameThreads: round(gflops / sameThreads, 3) } : {}),
+    ...(machinePeak ? { flopShareMachine: round(gflops / machinePeak, 3) } : {}),
+  };
+}
+
+async function benchConfig(config: BenchConfig) {
+  const configStarted = performance.now();
+  const flops = stepFlops(config);
+  const dir = await ensureModel(config);
+  const result: Record<string, unknown> = {
+    description: config.description,
+    model: modelFolder(config),
+    tokensPerStep: flops.tokens,
+    stepFlops: flops,
+  };
+  if (typeof dir !== "string") return { ...result, error: dir.error };
+
+  const settings = JSON.stringify({ batchSize: config.batchSize, seqLength: config.seqLength, lora: config.lora, seed: config.seed });
+  const protocol = (key: "warmup" | "steps" | "repeats") => String(args[key] ?? config.protocol[key]);
+  const referenceOptions = ["--model", dir, "--settings", settings, "--warmup", protocol("warmup"), "--steps", protocol("steps"), "--repeats", protocol("repeats")];
+  const pytorch: Record<number, Outcome<TrainFigures>> = {};
+  const backends: Partial<Record<Backend, Outcome<TrainFigures>>> = {};
+  // PyTorch and the backends alternate, so that a slow spell of a shared machine hits both.
+  const order: Array<number | Backend> = [1, "wasm", allCores, "tensorflow"];
+  for (const item of order) {
+    if (typeof item === "number") {
+      if (pytorch[item] !== undefined) continue;
+      log(`${config.name}: PyTorch on ${item} thread(s)`);
+      pytorch[item] = withFlops(await reference("train", referenceOptions, item), flops.total);
+    } else if (backendNames.includes(item)) {
+      const absent = backendAbsent(item);
+      if (!absent) log(`${config.name}: ${item}`);
+      const [command, commandArgs] = nodeScript("train", ["--backend", item, "--config", config.name, "--model", dir, "--threads", String(backendThreads[item]), ...protocolOverrides]);
+      backends[item] = withFlops(absent ?? (await runJson<TrainFigures>(command, [...commandArgs], { timeoutSeconds: 1800 })), flops.total);
+    }
+  }
+
+  const ratios: Partial<Record<Backend, number>> = {};
+  const ratiosToAllCores: Partial<Record<Backend, number>> = {};
+  const firstStepLossDifference: Partial<Record<Backend, number>> = {};
+  const pytorchAll = pytorch[allCores];
+  for (const [backend, figures] of Object.entries(backends) as Array<[Backend, Outcome<TrainFigures>]>) {
+    if (!succeeded(figures)) continue;
+    const same = pytorch[figures.threads];
+    if (succeeded(same)) {
+      ratios[backend] = round(figures.tokensPerSecond / same.tokensPerSecond, 3);
+      firstStepLossDifference[backend] = Number((figures.firstStepLoss - same.firstStepLoss).toExponential(2));
+    }
+    if (succeeded(pytorchAll)) ratiosToAllCores[backend] = round(figures.tokensPerSecond / pytorchAll.tokensPerSecond, 3);
+  }
+  return {
+    ...result,
+    ...backends,
+    pytorch: pytorch[1],
+    ...(allCores > 1 ? { pytorchAllCores: pytorchAll } : {}),
+    ratios,
+    ratiosToAllCores,
+    firstStepLossDifference,
+    seconds: round((performance.now() - configStarted) / 1000),
+  };
+}
+
+const configs: Partial<Record<ConfigName, Awaited<ReturnType<typeof benchConfig>>>> = {};
+for (const name of configNames) configs[name] = await benchConfig(BENCH_CONFIGS[name]);
+const trainerSeconds = round((performance.now() - started) / 1000);
+
 const operatorJobs = Number(args["operator-jobs"]);
 const operator = operatorJobs > 0 ? await benchOperator(operatorJobs) : undefined;
+
+const notes: string[] = [];
+if (typeof python !== "string") notes.push(`PyTorch reference skipped, so nothing was compared: ${python.unavailable}`);
+for (const backend of backendNames) {
+  const absent = backendAbsent(backend);
+  if (absent) notes.push(`${backend}: ${absent.unavailable}`);
+}
 const report = {
-  config: BENCH_CONFIG,
-  protocol: { warmupSteps: WARMUP, timedSteps: STEPS, repeats: REPEATS, statistic: "median tokens/s of the repeats" },
-  tfjs,
-  pytorch,
-  ...(pytorchAllCores ? { pytorchAllCores } : {}),
-  ratio,
-  ...("unavailable" in pytorch ? { note: `PyTorch reference skipped: ${pytorch.unavailable}; tfjs figures only` } : {}),
+  machine: { cpus: os.availableParallelism(), cpuModel: os.cpus()[0]?.model ?? "unknown", allCoresThreads: allCores, node: process.version,
+    loadAverageAtStart: loadAverageAtStart.map((value) => round(value, 2)),
+    loadAverageAtEnd: os.loadavg().map((value) => round(value, 2)),
+  },
+  protocol: {
+    statistic: "median tokens/s of the repeats; each repeat times `steps` steps after `warmup` untimed ones",
+    byConfig: Object.fromEntries(configNames.map((name) => [name, { ...BENCH_CONFIGS[name].protocol, ...(args.warmup ? { warmup: Number(args.warmup) } : {}), ...(args.steps ? { steps: Number(args.steps) } : {}), ...(args.repeats ? { repeats: Number(args.repeats) } : {}) }])),
+    threads: { ...Object.fromEntries(backendNames.map((backend) => [backend, backendThreads[backend]])), pytorch: 1, pytorchAllCores: allCores },
+    ratios: "tokens/s of the backend over PyTorch's on the same number of threads; ratiosToAllCores: over PyTorch on every core",
+    stepFlops: STEP_FLOPS_FORMULA,
+    matmul: "float32 size^3 products; gflops is the fastest of 5 (a peak rate), by PyTorch and by each backend; peakGflopsByThreads[t] the fastest on at most t threads",
+    flopShare:
+      "stepFlops / stepSeconds over peakGflopsByThreads on the run's thread count (flopShareSameThreads) and on every core (flopShareMachine); " +
+      "above 1 means the matmul products were slowed by other work on the machine more than the steps were",
+  },
+  matmul: {
+    size: Number(matmulSize),
+    pytorch: Object.fromEntries(Object.entries(pytorchMatmul).map(([threads, figures]) => [threads, succeeded(figures) ? round(figures.gflops, 1) : figures])),
+    ...Object.fromEntries(Object.entries(backendMatmul).map(([backend, figures]) => [backend, succeeded(figures) ? { threads: figures.threads, gflops: round(figures.gflops, 1) } : figures])),
+    peakGflopsByThreads: Object.fromEntries(Object.entries(peakGflops).map(([threads, gflops]) => [threads, round(gflops, 1)])),
+  },
+  configs,
+  trainerSeconds,
+  ...(notes.length > 0 ? { notes } : {}),
   ...(operator ? { operator } : {}),
 };
 
 if (args.json) {
   console.log(JSON.stringify(report));
 } else {
+  printHuman();
+}
+
+function printHuman(): void {
   const rate = (value: number) => `${Math.round(value).toLocaleString("en-US")} tokens/s`;
-  console.log(`tfjs (${tfjs.backend}): ${rate(tfjs.tokensPerSecond)}, ${tfjs.stepSeconds.toFixed(2)} s/step, peak RSS ${tfjs.peakRssMiB} MiB${tfjs.wasmHeapMiB ? `, wasm heap ${tfjs.wasmHeapMiB} MiB` : ""}`);
-  if ("tokensPerSecond" in pytorch) {
-    console.log(`PyTorch ${pytorch.torch} (${pytorch.threads} thread): ${rate(pytorch.tokensPerSecond)}, peak RSS ${Math.round(pytorch.peakRssMiB)} MiB`);
-    if (pytorchAllCores && "tokensPerSecond" in pytorchAllCores) console.log(`PyTorch (${pytorchAllCores.threads} threads): ${rate(pytorchAllCores.tokensPerSecond)}`);
-    console.log(`ratio tfjs / PyTorch (1 thread): ${ratio!.toFixed(3)}`);
-  } else {
-    console.log(`note: ${report.note}`);
+  const line = (name: string, figures: Outcome<TrainFigures> | undefined, ratio?: string) => {
+    if (figures === undefined) return;
+    if ("error" in figures) return console.log(`  ${name}: error: ${figures.error}`);
+    if ("unavailable" in figures) return console.log(`  ${name}: not run: ${figures.unavailable}`);
+    const share = typeof figures.flopShareMachine === "number" ? `, ${Math.round(figures.flopShareMachine * 100)}% of the machine's matmul rate` : "";
+    console.log(
+      `  ${name} (${figures.threads} thread${figures.threads === 1 ? "" : "s"}): ${rate(figures.tokensPerSecond)}, ${figures.stepSeconds.toFixed(2)} s/step` +
+        `${ratio ?? ""}, peak RSS ${Math.round(figures.peakRssMiB)} MiB${share}, first-step loss ${figures.firstStepLoss.toFixed(5)}`,
+    );
+  };
+  const matmul = report.matmul;
+  console.log(`matmul ${matmul.size}^3 float32, GFLOP/s by threads: ${Object.entries(matmul.peakGflopsByThreads).map(([threads, gflops]) => `${threads}: ${gflops}`).join(", ")}`);
+  for (const [name, result] of Object.entries(configs)) {
+    const figures = result as Record<string, unknown> & { ratios?: Record<string, number>; ratiosToAllCores?: Record<string, number> };
+    console.log(`${name}: ${figures.description} (${round((figures.stepFlops as { total: number }).total / 1e9, 1)} GFLOP per step, ${figures.seconds ?? "?"} s)`);
+    if (typeof figures.error === "string") console.log(`  error: ${figures.error}`);
+    for (const backend of backendNames) {
+      const ratio = figures.ratios?.[backend];
+      const toAll = figures.ratiosToAllCores?.[backend];
+      const ratioText = ratio === undefined ? "" : `, ratio to PyTorch on the same threads ${ratio.toFixed(2)}${toAll === undefined ? "" : ` (to PyTorch on all cores ${toAll.toFixed(2)})`}`;
+      line(`tfjs ${backend}`, figures[backend] as Outcome<TrainFigures> | undefined, ratioText);
+    }
+    line("PyTorch", figures.pytorch as Outcome<TrainFigures> | undefined);
+    line("PyTorch", figures.pytorchAllCores as Outcome<TrainFigures> | undefined);
   }
+  console.log(`trainer benchmark: ${trainerSeconds} s`);
+  for (const note of notes) console.log(`note: ${note}`);
   if (operator) {
     console.log(
       `operator: ${operator.jobs} FineTuneJobs -> every trainer pod in ${operator.secondsUntilAllPods} s, ${operator.reconcilesPerSecond} reconciles/s, ` +

@@ -1,23 +1,39 @@
-"""The benchmark's PyTorch reference: the same LoRA training step as bench/main.ts.
+"""The benchmark's PyTorch reference: the same LoRA training step as bench/trainer-bench.ts.
 
-A Llama-style model (RMSNorm, rotary embeddings, causal attention, SwiGLU) with random frozen
-weights and LoRA (r 8, alpha 16) on q_proj and v_proj; one step is forward, next-token cross
-entropy, backward, gradient clipping to 1 and AdamW on the LoRA parameters only. Attention uses
-torch's scaled_dot_product_attention, the fastest path PyTorch offers on a CPU.
+    reference_lora.py train --model DIR --settings JSON --threads N [--warmup N --steps N --repeats N]
+    reference_lora.py matmul --threads N [--size 2048 --repeats 3]
 
-Prints one JSON object: tokens per second of each timed repeat and their median, and the
-process's peak RSS. Run by bench/main.ts; needs only torch.
+`--device cuda` runs either task on the GPU (bench/gpu.sh) and adds the GPU's name and the peak
+of torch's GPU allocations to the JSON object.
+
+`train` builds the model of a Hugging Face model folder (config.json + model.safetensors, the
+folder bench/main.ts writes and the trainer loads) as transformers' LlamaForCausalLM and
+Qwen2ForCausalLM compute it: RMSNorm, rotary embeddings, causal grouped-query attention
+(num_key_value_heads), SwiGLU, bias on q/k/v for Qwen2 (or Llama's attention_bias), the output
+head tied to the embeddings when tie_word_embeddings says so. The weights are the folder's,
+widened to float32, so the first step's loss must equal the trainer's. LoRA (A kaiming-uniform,
+B zero, as PEFT starts them) wraps the settings' target modules; one step is forward,
+next-token cross entropy, backward, gradient clipping to 1 and AdamW on the LoRA parameters
+only. Attention uses torch's scaled_dot_product_attention, the fastest path PyTorch has on a CPU.
+
+`matmul` measures float32 size x size x size matrix products, the machine's reference FLOP rate:
+the fastest of the repeats, since it is a peak rate and slower ones measure other work on the
+machine.
+
+Prints one JSON object. Run by bench/main.ts with the interpreter of scripts/python-env.sh.
 """
 
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -32,7 +48,7 @@ class RMSNorm(nn.Module):
 
 
 class LoraLinear(nn.Module):
-    """y = W x + (alpha / r) B A x, with W frozen; A kaiming-uniform, B zero, as PEFT starts them."""
+    """y = W x + b + (alpha / r) B A x, with W and b frozen."""
 
     def __init__(self, base, r, alpha):
         super().__init__()
@@ -59,103 +75,221 @@ def rotate(x, cos, sin):
     return x * cos + rotated * sin
 
 
-class Block(nn.Module):
+class Attention(nn.Module):
     def __init__(self, c):
         super().__init__()
-        d, heads = c["hidden_size"], c["num_attention_heads"]
-        self.heads, self.head_dim = heads, d // heads
-        self.input_layernorm = RMSNorm(d, c["rms_norm_eps"])
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
-        self.o_proj = nn.Linear(d, d, bias=False)
-        self.post_attention_layernorm = RMSNorm(d, c["rms_norm_eps"])
-        self.gate_proj = nn.Linear(d, c["intermediate_size"], bias=False)
-        self.up_proj = nn.Linear(d, c["intermediate_size"], bias=False)
-        self.down_proj = nn.Linear(c["intermediate_size"], d, bias=False)
+        d = c["hidden_size"]
+        self.heads = c["num_attention_heads"]
+        self.kv_heads = c.get("num_key_value_heads", self.heads)
+        self.head_dim = c.get("head_dim") or d // self.heads
+        qwen2 = c["architectures"][0] == "Qwen2ForCausalLM"
+        qkv_bias = qwen2 or c.get("attention_bias", False)
+        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=not qwen2 and c.get("attention_bias", False))
+
+    def forward(self, x, cos, sin):
+        b, t, _ = x.shape
+        split = lambda y, heads: y.view(b, t, heads, self.head_dim).transpose(1, 2)
+        q = rotate(split(self.q_proj(x), self.heads), cos, sin)
+        k = rotate(split(self.k_proj(x), self.kv_heads), cos, sin)
+        v = split(self.v_proj(x), self.kv_heads)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
+        return self.o_proj(attended.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d, ffn = c["hidden_size"], c["intermediate_size"]
+        self.gate_proj = nn.Linear(d, ffn, bias=False)
+        self.up_proj = nn.Linear(d, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, d, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        eps = c.get("rms_norm_eps", 1e-6)
+        self.input_layernorm = RMSNorm(c["hidden_size"], eps)
+        self.self_attn = Attention(c)
+        self.post_attention_layernorm = RMSNorm(c["hidden_size"], eps)
+        self.mlp = MLP(c)
 
     def forward(self, h, cos, sin):
-        b, t, d = h.shape
-        x = self.input_layernorm(h)
-        split = lambda y: y.view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        q = rotate(split(self.q_proj(x)), cos, sin)
-        k = rotate(split(self.k_proj(x)), cos, sin)
-        v = split(self.v_proj(x))
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        h = h + self.o_proj(attended.transpose(1, 2).reshape(b, t, d))
-        m = self.post_attention_layernorm(h)
-        return h + self.down_proj(F.silu(self.gate_proj(m)) * self.up_proj(m))
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin)
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class Llama(nn.Module):
+class Backbone(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
-        self.layers = nn.ModuleList(Block(c) for _ in range(c["num_hidden_layers"]))
-        self.norm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c["num_hidden_layers"]))
+        self.norm = RMSNorm(c["hidden_size"], c.get("rms_norm_eps", 1e-6))
+
+
+class CausalLM(nn.Module):
+    """Module names follow transformers', so model.safetensors loads as it is."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.model = Backbone(c)
         self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
-        self.theta = c["rope_theta"]
+        self.tied = c.get("tie_word_embeddings", False)
+        self.theta = c.get("rope_theta", 10000.0)
 
     def forward(self, ids):
-        cos, sin = rotary_tables(ids.shape[1], self.layers[0].head_dim, self.theta)
-        h = self.embed_tokens(ids)
-        for layer in self.layers:
+        cos, sin = (table.to(ids.device) for table in rotary_tables(ids.shape[1], self.model.layers[0].self_attn.head_dim, self.theta))
+        h = self.model.embed_tokens(ids)
+        for layer in self.model.layers:
             h = layer(h, cos, sin)
-        return self.lm_head(self.norm(h))
+        return self.lm_head(self.model.norm(h))
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True, help="the model and step settings as JSON (bench/main.ts passes them)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    c = json.loads(args.config)
-    torch.manual_seed(c["seed"])
-    torch.set_num_threads(args.threads)
+def load_model(folder):
+    with open(os.path.join(folder, "config.json")) as f:
+        c = json.load(f)
+    # Built without memory, then given the file's tensors: no random initialisation of 0.5B weights.
+    with torch.device("meta"):
+        model = CausalLM(c)
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    state = {name: state[name].float() for name in list(state)}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if model.tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+        missing = [name for name in missing if name != "lm_head.weight"]
+    if missing or unexpected:
+        raise SystemExit(f"{folder}/model.safetensors: missing {missing}, unexpected {unexpected}")
+    return model
 
-    model = Llama(c)
+
+def bench_token_ids(count, vocab_size):
+    """The same ids as benchTokenIds in bench/configs.ts: glibc's 31-bit LCG modulo the vocabulary."""
+    ids, state = [], 0
+    for _ in range(count):
+        state = (1103515245 * state + 12345) % 2**31
+        ids.append(state % vocab_size)
+    return ids
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(args):
+    s = json.loads(args.settings)
+    torch.manual_seed(s["seed"])
+    started = time.perf_counter()
+    model = load_model(args.model)
+    load_seconds = time.perf_counter() - started
+    rss_after_load = peak_rss_mib()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    for layer in model.layers:
-        layer.q_proj = LoraLinear(layer.q_proj, c["lora_r"], c["lora_alpha"])
-        layer.v_proj = LoraLinear(layer.v_proj, c["lora_r"], c["lora_alpha"])
+    lora = s["lora"]
+    for layer in model.model.layers:
+        for target in lora["targetModules"]:
+            holder = layer.self_attn if hasattr(layer.self_attn, target) else layer.mlp
+            setattr(holder, target, LoraLinear(getattr(holder, target), lora["r"], lora["alpha"]))
+    model.to(args.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.0)
-    ids = torch.randint(0, c["vocab_size"], (c["batch_size"], c["seq_length"]))
+    vocab = model.lm_head.out_features
+    batch, seq = s["batchSize"], s["seqLength"]
+    ids = torch.tensor(bench_token_ids(batch * seq, vocab)).view(batch, seq).to(args.device)
 
     def step():
         logits = model(ids)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, c["vocab_size"]), ids[:, 1:].reshape(-1))
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    for _ in range(args.warmup):
+    first_started = time.perf_counter()
+    first_loss = step()
+    first_seconds = time.perf_counter() - first_started
+    for _ in range(args.warmup - 1):
         step()
-    tokens = c["batch_size"] * c["seq_length"] * args.steps
+    tokens = batch * seq * args.steps
     runs = []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        started = time.perf_counter()
         for _ in range(args.steps):
             step()
-        runs.append(tokens / (time.perf_counter() - start))
-    print(
-        json.dumps(
-            {
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "trainableParameters": sum(p.numel() for p in trainable),
-                "tokensPerSecond": statistics.median(runs),
-                "runs": runs,
-                "peakRssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            }
-        )
-    )
+        runs.append(tokens / (time.perf_counter() - started))
+    median = statistics.median(runs)
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "tokensPerSecond": median,
+        "runs": runs,
+        "stepSeconds": batch * seq / median,
+        "firstStepSeconds": first_seconds,
+        "firstStepLoss": first_loss,
+        "loadSeconds": load_seconds,
+        "trainableParameters": sum(p.numel() for p in trainable),
+        "peakRssMiB": round(peak_rss_mib()),
+        **gpu_figures(args.device),
+        "rssAfterLoadMiB": round(rss_after_load),
+        "protocol": {"warmup": args.warmup, "steps": args.steps, "repeats": args.repeats},
+    }
+
+
+def gpu_figures(device):
+    if device != "cuda":
+        return {}
+    return {"gpu": torch.cuda.get_device_name(), "peakGpuMemoryMiB": round(torch.cuda.max_memory_allocated() / 2**20)}
+
+
+def matmul(args):
+    n = args.size
+    generator = torch.Generator().manual_seed(0)
+    a = (torch.rand(n, n, generator=generator) * 2 - 1).to(args.device)
+    b = (torch.rand(n, n, generator=generator) * 2 - 1).to(args.device)
+    # On a GPU the product is queued; synchronising times its computation, not its launch.
+    wait = torch.cuda.synchronize if args.device == "cuda" else lambda: None
+    a @ b
+    wait()
+    seconds = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        a @ b
+        wait()
+        seconds.append(time.perf_counter() - started)
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "size": n,
+        "gflops": 2 * n**3 / min(seconds) / 1e9,
+        "seconds": seconds,
+        **gpu_figures(args.device),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("task", choices=["train", "matmul"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", help="train: the model folder (config.json, model.safetensors)")
+    parser.add_argument("--settings", help="train: batchSize, seqLength, lora {r, alpha, targetModules}, seed as JSON")
+    parser.add_argument("--warmup", type=int, default=2, help="train: untimed steps, the first of which gives firstStepLoss")
+    parser.add_argument("--steps", type=int, default=5, help="train: steps per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="train: timed runs (the median counts); matmul: products (the fastest counts)")
+    parser.add_argument("--size", type=int, default=2048, help="matmul: the matrices' size")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.task == "train" and (args.model is None or args.settings is None):
+        parser.error("train needs --model and --settings")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda, but torch {torch.__version__} sees no usable GPU (torch.cuda.is_available() is False)")
+    print(json.dumps(train(args) if args.task == "train" else matmul(args)))
 
 
 if __name__ == "__main__":

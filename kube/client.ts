@@ -141,6 +141,11 @@ export class KubeClient {
     }
   }
 
+  /** A GET whose body is read as it arrives, such as pods/log with follow=true. */
+  stream(path: string, query?: Query, signal?: AbortSignal): Promise<IncomingMessage> {
+    return this.open("GET", path, { query, signal });
+  }
+
   async request<T>(method: string, path: string, options: { query?: Query; body?: unknown; contentType?: string } = {}): Promise<T> {
     const response = await this.open(method, path, options);
     const chunks: Buffer[] = [];

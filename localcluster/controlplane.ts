@@ -79,6 +79,11 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
         `--tls-cert-file=${pki.servingCert}`,
         `--tls-private-key-file=${pki.servingKey}`,
         `--client-ca-file=${pki.caCert}`,
+        // Logs come from the pod runner's kubelet endpoint on the node's loopback InternalIP.
+        `--kubelet-certificate-authority=${pki.caCert}`,
+        `--kubelet-client-certificate=${pki.kubeletClientCert}`,
+        `--kubelet-client-key=${pki.kubeletClientKey}`,
+        "--kubelet-preferred-address-types=InternalIP",
         `--token-auth-file=${tokenFile}`,
         "--authorization-mode=RBAC",
         `--service-account-key-file=${pki.serviceAccountPublicKey}`,

@@ -9,7 +9,10 @@ import { CRD_FILE } from "../api/index.ts";
 import { resourcePath } from "../kube/client.ts";
 import { startOperator } from "../operator/operator.ts";
 import { S3ObjectStore } from "../storage/s3-store.ts";
-import { createBucket, startLocalCluster } from "./cluster.ts";
+import { resolveBinaries } from "./binaries.ts";
+import { installChart, waitUntilLeading } from "./chart.ts";
+import { createBucket, startLocalCluster, type LocalCluster } from "./cluster.ts";
+import { kubeletTls } from "./pki.ts";
 import { PodRunner } from "./pod-runner.ts";
 import { freePort, isAlive } from "./process.ts";
 
@@ -17,11 +20,25 @@ import { freePort, isAlive } from "./process.ts";
  * `kubetune dev-cluster`: a whole kubetune installation on loopback — a real kube-apiserver +
  * etcd, MinIO, the CRD, the operator and the local pod runner — run by one supervisor process
  * in the background, so that `eval "$(kubetune dev-cluster up)"` prepares a shell.
+ *
+ * The operator runs in the supervisor's process, or with --from-chart as the Helm chart
+ * installs it: the chart rendered and applied, its Deployment run as a pod (by the
+ * DeploymentRunner and the pod runner), under its ServiceAccount and RBAC, with its flags.
  */
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-export const DEV_IMAGE = "kubetune.local/kubetune:dev";
+const DEV_IMAGE_REPOSITORY = "kubetune.local/kubetune";
+const DEV_IMAGE_TAG = "dev";
+/** The one image of the dev cluster's catalog: the kubetune CLI of this checkout. */
+export const DEV_IMAGE = `${DEV_IMAGE_REPOSITORY}:${DEV_IMAGE_TAG}`;
 export const DEV_BUCKET = "kubetune";
+/** Where --from-chart installs the chart, as the README's helm install does. */
+export const DEV_CHART_RELEASE = { name: "kubetune", namespace: "kubetune-system" } as const;
+
+export interface DevClusterOptions {
+  /** Run the operator from the Helm chart instead of in the supervisor's process. */
+  fromChart?: boolean;
+}
 
 interface DevClusterState {
   pid: number;
@@ -30,6 +47,8 @@ interface DevClusterState {
   kubectl: string;
   s3: { endpoint: string; accessKeyId: string; secretAccessKey: string; region: string };
   kubeApiserverVersion: string;
+  /** How the operator runs: in the supervisor, or from the Helm chart. */
+  operator: "in-process" | "chart";
 }
 
 /** Under the temp folder, not the home folder: pods run as non-root users who must reach their folders. */
@@ -61,14 +80,20 @@ export function exportLines(state: DevClusterState): string {
 }
 
 /** Starts the supervisor in the background and waits until the cluster is ready. */
-export async function devClusterUp(options: { timeoutMs?: number } = {}): Promise<string> {
+export async function devClusterUp(options: DevClusterOptions & { timeoutMs?: number } = {}): Promise<string> {
   const dir = devClusterDir();
   const existing = readState(dir);
-  if (existing && isAlive(existing.pid)) return exportLines(existing);
+  if (existing && isAlive(existing.pid)) {
+    const wanted = options.fromChart ? "chart" : "in-process";
+    if (existing.operator !== wanted) {
+      throw new Error(`a dev cluster is already running with its operator ${existing.operator === "chart" ? "from the Helm chart" : "in-process"}; run kubetune dev-cluster down first`);
+    }
+    return exportLines(existing);
+  }
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const log = openSync(path.join(dir, "supervisor.log"), "a");
-  const child = spawn(process.execPath, [path.join(repoRoot, "bin/kubetune.mjs"), "dev-cluster", "serve", "--dir", dir], {
+  const child = spawn(process.execPath, [path.join(repoRoot, "bin/kubetune.mjs"), "dev-cluster", "serve", "--dir", dir, ...(options.fromChart ? ["--from-chart"] : [])], {
     detached: true,
     stdio: ["ignore", log, log],
     env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true" },
@@ -104,11 +129,12 @@ export async function devClusterDown(): Promise<string> {
 export function devClusterStatus(): string {
   const state = readState();
   if (!state || !isAlive(state.pid)) return "no dev cluster is running";
-  return `running (pid ${state.pid}): kube-apiserver ${state.kubeApiserverVersion}, S3 ${state.s3.endpoint}, kubeconfig ${state.kubeconfig}`;
+  const operator = state.operator === "chart" ? `operator from the Helm chart in ${DEV_CHART_RELEASE.namespace}` : "operator in-process";
+  return `running (pid ${state.pid}): kube-apiserver ${state.kubeApiserverVersion}, S3 ${state.s3.endpoint}, ${operator}, kubeconfig ${state.kubeconfig}`;
 }
 
 /** The supervisor: starts everything, writes the state file, and stops it all on SIGTERM. */
-export async function devClusterServe(dir: string): Promise<void> {
+export async function devClusterServe(dir: string, options: DevClusterOptions = {}): Promise<void> {
   const log = (line: string) => console.log(`${new Date().toISOString()} ${line}`);
   const cluster = await startLocalCluster({ dir, log });
   const stops: (() => Promise<void>)[] = [() => cluster.stop()];
@@ -117,9 +143,11 @@ export async function devClusterServe(dir: string): Promise<void> {
   };
   try {
     const { client, s3 } = cluster;
-    const crd = readFileSync(path.join(repoRoot, CRD_FILE), "utf8");
-    const { parse } = await import("yaml");
-    await client.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", parse(crd));
+    if (!options.fromChart) {
+      const crd = readFileSync(path.join(repoRoot, CRD_FILE), "utf8");
+      const { parse } = await import("yaml");
+      await client.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", parse(crd));
+    }
     await createBucket(s3, DEV_BUCKET);
     await seedQuickstart(new S3ObjectStore(DEV_BUCKET, "quickstart", { endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } }));
     await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace: "default" }), {
@@ -133,38 +161,16 @@ export async function devClusterServe(dir: string): Promise<void> {
       workDir: path.join(dir, "pods"),
       images: { [DEV_IMAGE]: { entrypoint: [process.execPath, path.join(repoRoot, "bin/kubetune.mjs")] } },
       capacity: { cpu: String(os.cpus().length), memory: `${Math.floor(os.totalmem() / 2 ** 20)}Mi`, gpus: 0 },
+      kubeletTls: kubeletTls(path.join(dir, "pki")),
       log,
     });
     await runner.start();
     stops.push(() => runner.stop());
-    const tokenKeyFile = path.join(dir, "progress-token.key");
-    writeFileSync(tokenKeyFile, randomBytes(32), { mode: 0o600 });
-    const progressPort = await freePort();
-    const pki = path.join(dir, "pki");
-    const operator = await startOperator({
-      kubeconfig: cluster.controlPlane.kubeconfig,
-      namespaces: [],
-      probeAddress: "127.0.0.1:0",
-      progressAddress: `127.0.0.1:${progressPort}`,
-      progressTls: { certFile: path.join(pki, "serving.crt"), keyFile: path.join(pki, "serving.key") },
-      progressTokenKeyFile: tokenKeyFile,
-      leaderElection: { enabled: false, namespace: "default", name: "kubetune-operator" },
-      concurrency: 4,
-      log,
-      settings: {
-        defaultImage: DEV_IMAGE,
-        progressUrl: `https://127.0.0.1:${progressPort}`,
-        progressCa: await readFile(path.join(pki, "ca.crt"), "utf8"),
-        defaultStorage: { endpoint: s3.endpoint, region: s3.region, forcePathStyle: true },
-        terminationGraceSeconds: 60,
-        preflight: true,
-        imagePullTimeoutSeconds: 120,
-        unschedulableTimeoutSeconds: 300,
-        retryBackoffBaseSeconds: 5,
-        retryBackoffMaxSeconds: 120,
-      },
-    });
-    stops.push(() => operator.stop());
+    if (options.fromChart) {
+      stops.push(await startChartOperator(cluster, log));
+    } else {
+      stops.push(await startInProcessOperator(cluster, dir, log));
+    }
     // A kubectl of the server's own version, under its usual name, for the PATH export.
     mkdirSync(path.join(dir, "bin"), { recursive: true });
     symlinkSync(cluster.kubectl, path.join(dir, "bin", "kubectl"));
@@ -175,9 +181,10 @@ export async function devClusterServe(dir: string): Promise<void> {
       kubectl: path.join(dir, "bin", "kubectl"),
       s3: { endpoint: s3.endpoint, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, region: s3.region },
       kubeApiserverVersion: cluster.versions.kubeApiserver,
+      operator: options.fromChart ? "chart" : "in-process",
     };
     writeFileSync(stateFile(dir), JSON.stringify(state, null, 2), { mode: 0o600 });
-    log(`dev cluster ready: kube-apiserver ${state.kubeApiserverVersion}, MinIO ${s3.endpoint}, operator progress on :${progressPort}`);
+    log(`dev cluster ready: kube-apiserver ${state.kubeApiserverVersion}, MinIO ${s3.endpoint}, operator ${state.operator}`);
   } catch (error) {
     await stopAll();
     throw error;
@@ -189,6 +196,79 @@ export async function devClusterServe(dir: string): Promise<void> {
   log("stopping the dev cluster");
   await stopAll();
   process.exit(0);
+}
+
+/** The operator in this process, with the dev cluster's settings. */
+async function startInProcessOperator(cluster: LocalCluster, dir: string, log: (line: string) => void): Promise<() => Promise<void>> {
+  const { s3 } = cluster;
+  const tokenKeyFile = path.join(dir, "progress-token.key");
+  writeFileSync(tokenKeyFile, randomBytes(32), { mode: 0o600 });
+  const progressPort = await freePort();
+  const pki = path.join(dir, "pki");
+  const operator = await startOperator({
+    kubeconfig: cluster.controlPlane.kubeconfig,
+    namespaces: [],
+    probeAddress: "127.0.0.1:0",
+    progressAddress: `127.0.0.1:${progressPort}`,
+    progressTls: { certFile: path.join(pki, "serving.crt"), keyFile: path.join(pki, "serving.key") },
+    progressTokenKeyFile: tokenKeyFile,
+    leaderElection: { enabled: false, namespace: "default", name: "kubetune-operator" },
+    concurrency: 4,
+    log,
+    settings: {
+      defaultImage: DEV_IMAGE,
+      progressUrl: `https://127.0.0.1:${progressPort}`,
+      progressCa: await readFile(path.join(pki, "ca.crt"), "utf8"),
+      defaultStorage: { endpoint: s3.endpoint, region: s3.region, forcePathStyle: true },
+      terminationGraceSeconds: 60,
+      preflight: true,
+      imagePullTimeoutSeconds: 120,
+      unschedulableTimeoutSeconds: 300,
+      retryBackoffBaseSeconds: 5,
+      retryBackoffMaxSeconds: 120,
+    },
+  });
+  log(`operator in-process, progress on :${progressPort}`);
+  return () => operator.stop();
+}
+
+/**
+ * The operator as `helm install kubetune helm/kubetune -n kubetune-system` runs it, with the
+ * values a one-machine cluster needs: one replica on free ports (pods share this machine's
+ * network), trainers reaching its progress endpoint on 127.0.0.1, the dev image everywhere,
+ * and MinIO as the default S3 endpoint.
+ */
+async function startChartOperator(cluster: LocalCluster, log: (line: string) => void): Promise<() => Promise<void>> {
+  const [probePort, progressPort] = [await freePort(), await freePort()];
+  const image = { repository: DEV_IMAGE_REPOSITORY, tag: DEV_IMAGE_TAG };
+  const chart = await installChart(cluster.client, {
+    helm: (await resolveBinaries(["helm"], log)).helm,
+    chart: path.join(repoRoot, "helm", "kubetune"),
+    release: DEV_CHART_RELEASE.name,
+    namespace: DEV_CHART_RELEASE.namespace,
+    kubeVersion: cluster.versions.kubeApiserver,
+    values: {
+      image: { ...image, pullPolicy: "IfNotPresent" },
+      trainerImage: { cpu: image, gpu: image },
+      replicas: 1,
+      operator: {
+        probePort,
+        progressPort,
+        progressUrl: `https://127.0.0.1:${progressPort}`,
+        progressCertificateIPs: ["127.0.0.1"],
+        defaultS3Endpoint: cluster.s3.endpoint,
+        defaultS3Region: cluster.s3.region,
+        terminationGraceSeconds: 60,
+        imagePullTimeoutSeconds: 120,
+        unschedulableTimeoutSeconds: 300,
+        retryBackoffSeconds: 5,
+      },
+    },
+    log,
+  });
+  await waitUntilLeading(`http://127.0.0.1:${probePort}`);
+  log(`operator from the Helm chart in ${DEV_CHART_RELEASE.namespace}: probes on :${probePort}, progress on :${progressPort}`);
+  return () => chart.stop();
 }
 
 /** Copies examples/quickstart (model and data) into the bucket, if it exists. */

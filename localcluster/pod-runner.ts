@@ -1,12 +1,14 @@
 import type { V1Container, V1EnvVar, V1Node, V1Pod, V1PodCondition, V1Toleration } from "@kubernetes/client-node";
 import { spawn, type ChildProcess } from "node:child_process";
-import { chownSync, createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { ApiError, isNotFound, resourcePath, type KubeClient } from "../kube/client.ts";
 import { Informer } from "../kube/informer.ts";
 import { parseQuantity } from "../kube/quantity.ts";
+import { KubeletServer, type KubeletTls, type LogLocation } from "./kubelet-server.ts";
+import { mapMountedPath, MountError, mountVolumes } from "./volumes.ts";
 
 /**
  * The local pod runner plays the scheduler and the kubelet of a one-node cluster, so that pods
@@ -24,8 +26,13 @@ import { parseQuantity } from "../kube/quantity.ts";
  * - The container's command and args, run with the pod's env (value, secretKeyRef,
  *   configMapKeyRef, fieldRef, envFrom), workingDir and runAsUser/runAsGroup (when the runner
  *   is root). A missing Secret or ConfigMap gives CreateContainerConfigError.
- * - emptyDir volumes as folders; env values and workingDir under a mount path are rewritten to
- *   the folder that backs it (a process cannot see a mount namespace here).
+ * - Volumes as folders (volumes.ts): emptyDir, secret, configMap and projected volumes,
+ *   service account tokens included; paths under a mount path in env values, args, command
+ *   and workingDir are rewritten to the folder that backs it (a process cannot see a mount
+ *   namespace here), and a mounted service account token comes with KUBECONFIG for
+ *   in-cluster configuration. A missing Secret or ConfigMap leaves the pod ContainerCreating.
+ * - Container logs: kept per pod while the pod exists, and served on the kubelet's log endpoint
+ *   (kubelet-server.ts, with kubeletTls) so that `kubectl logs` works through the API server.
  * - Status as a kubelet writes it: Pending, Running (podIP 127.0.0.1, Ready), Succeeded or
  *   Failed with the exit code, reason (Completed, Error, OOMKilled) and termination message
  *   (FallbackToLogsOnError takes the log's tail).
@@ -38,8 +45,8 @@ import { parseQuantity } from "../kube/quantity.ts";
  * What it does not model: container images and file systems (the process sees this machine's
  * files; readOnlyRootFilesystem and capabilities are not enforced), restartPolicy other than
  * Never (containers are never restarted in place), init and sidecar containers (only the first
- * container runs), probes, `kubectl logs`/`exec` (logs are files under the runner's folder),
- * networking (every pod is 127.0.0.1), CPU limits, preemption and node heartbeats.
+ * container runs), probes, `kubectl exec`, log timestamps, networking (every pod is 127.0.0.1
+ * and shares this machine's ports), CPU limits, preemption and node heartbeats.
  */
 
 /** How the runner "pulls" an image: folders prepended to PATH, and the default entrypoint. */
@@ -60,6 +67,8 @@ export interface PodRunnerOptions {
   taints?: { key: string; value?: string; effect: "NoSchedule" | "NoExecute" | "PreferNoSchedule" }[];
   /** Only pods in these namespaces are run; all when unset. */
   namespaces?: string[];
+  /** Serve container logs to the API server (kubectl logs) with this serving certificate and client CA. */
+  kubeletTls?: KubeletTls;
   log?: (message: string) => void;
 }
 
@@ -85,6 +94,7 @@ export class PodRunner {
   private readonly syncing = new Map<string, Promise<void>>();
   private retryTimer?: NodeJS.Timeout;
   private stopped = false;
+  private kubelet?: KubeletServer;
 
   constructor(private readonly options: PodRunnerOptions) {
     this.nodeName = options.nodeName ?? "kubetune-local";
@@ -94,7 +104,12 @@ export class PodRunner {
   async start(): Promise<void> {
     mkdirSync(this.options.workDir, { recursive: true, mode: 0o755 });
     if (process.getuid?.() === 0) assertTraversable(this.options.workDir);
-    await this.registerNode();
+    let kubeletPort: number | undefined;
+    if (this.options.kubeletTls) {
+      this.kubelet = new KubeletServer(this.options.kubeletTls, (namespace, name, container) => this.logLocation(namespace, name, container));
+      kubeletPort = await this.kubelet.listen();
+    }
+    await this.registerNode(kubeletPort);
     this.pods.on({
       add: (pod) => this.enqueue(pod),
       update: (pod) => this.enqueue(pod),
@@ -115,6 +130,7 @@ export class PodRunner {
     await this.pods.stop();
     await Promise.all([...this.running.values()].map((container) => this.terminate(container, 0)));
     await Promise.allSettled([...this.syncing.values()]);
+    await this.kubelet?.close();
   }
 
   /** The folder that holds a pod's logs and volumes. */
@@ -126,6 +142,20 @@ export class PodRunner {
   logs(namespace: string, name: string): string {
     const file = path.join(this.podDir(namespace, name), "container.log");
     return existsSync(file) ? readFileSync(file, "utf8") : "";
+  }
+
+  /** What the kubelet's log endpoint serves for a container, as a kubelet answers. */
+  private logLocation(namespace: string, name: string, container: string): LogLocation {
+    const pod = this.pods.get(namespace, name);
+    if (!pod || pod.spec?.nodeName !== this.nodeName) return { status: 404, message: `pod "${name}" in namespace "${namespace}" is not on node ${this.nodeName}` };
+    if (pod.spec?.containers[0]?.name !== container) return { status: 400, message: `container "${container}" in pod "${name}" is not available` };
+    const file = path.join(this.podDir(namespace, name), "container.log");
+    const uid = pod.metadata?.uid;
+    if (!this.started.has(uid ?? "")) {
+      const waiting = pod.status?.containerStatuses?.[0]?.state?.waiting;
+      return { status: 400, message: `container "${container}" in pod "${name}" is waiting to start: ${waiting?.reason ?? "ContainerCreating"}` };
+    }
+    return { file, running: () => this.running.get(podKey(pod))?.podUid === uid };
   }
 
   /** Process ids of running containers, by namespace/name (tests use it to kill a trainer). */
@@ -173,7 +203,7 @@ export class PodRunner {
     await this.startContainer(pod);
   }
 
-  private async registerNode(): Promise<void> {
+  private async registerNode(kubeletPort: number | undefined): Promise<void> {
     const capacity = {
       cpu: this.options.capacity?.cpu ?? String(os.cpus().length),
       memory: this.options.capacity?.memory ?? `${Math.floor(os.totalmem() / 2 ** 20)}Mi`,
@@ -210,6 +240,7 @@ export class PodRunner {
         allocatable: capacity,
         conditions: [{ type: "Ready", status: "True", reason: "KubeletReady", message: "local pod runner is ready", lastHeartbeatTime: now, lastTransitionTime: now }],
         addresses: [{ type: "InternalIP", address: "127.0.0.1" }, { type: "Hostname", address: this.nodeName }],
+        ...(kubeletPort ? { daemonEndpoints: { kubeletEndpoint: { Port: kubeletPort } } } : {}),
         nodeInfo: { kubeletVersion: "kubetune-local-pod-runner", operatingSystem: "linux", architecture: "amd64", containerRuntimeVersion: "local-process", kernelVersion: os.release(), osImage: os.type(), machineID: "", systemUUID: "", bootID: "", kubeProxyVersion: "" },
       },
     });
@@ -297,25 +328,18 @@ export class PodRunner {
     const group = container.securityContext?.runAsGroup ?? pod.spec?.securityContext?.runAsGroup ?? user;
     const asUser = process.getuid?.() === 0 && user !== undefined ? { uid: user, gid: group ?? user } : undefined;
 
-    const mounts = new Map<string, string>();
-    for (const mount of container.volumeMounts ?? []) {
-      const volume = pod.spec?.volumes?.find((candidate) => candidate.name === mount.name);
-      if (!volume?.emptyDir) continue;
-      const hostDir = path.join(dir, "volumes", mount.name);
-      mkdirSync(hostDir, { recursive: true });
-      if (asUser) chownSync(hostDir, asUser.uid, asUser.gid);
-      mounts.set(mount.mountPath, hostDir);
+    let volumes: Awaited<ReturnType<typeof mountVolumes>>;
+    try {
+      volumes = await mountVolumes(this.options.client, pod, container, dir, asUser);
+    } catch (error) {
+      if (error instanceof MountError) return this.writeWaiting(pod, "ContainerCreating", error.message);
+      throw error;
     }
-    const mapPath = (value: string) => {
-      for (const [mountPath, hostDir] of mounts) {
-        if (value === mountPath || value.startsWith(`${mountPath}/`)) return hostDir + value.slice(mountPath.length);
-      }
-      return value;
-    };
+    const mapPath = (value: string) => mapMountedPath(value, volumes.mounts);
 
     let env: Record<string, string>;
     try {
-      env = await this.resolveEnv(pod, container);
+      env = { ...volumes.env, ...(await this.resolveEnv(pod, container)) };
     } catch (error) {
       return this.writeWaiting(pod, "CreateContainerConfigError", (error as Error).message);
     }
@@ -323,8 +347,9 @@ export class PodRunner {
     const hostPath = [...(image.path ?? []), process.env.PATH ?? "/usr/bin:/bin"].join(":");
 
     const logFile = path.join(dir, "container.log");
-    const log = createWriteStream(logFile, { flags: "a" });
-    const child = spawn(command[0]!, command.slice(1), {
+    // A new container, even of a pod with an earlier one's name, starts a new log.
+    const log = createWriteStream(logFile, { flags: "w" });
+    const child = spawn(mapPath(command[0]!), command.slice(1).map(mapPath), {
       cwd: container.workingDir ? mapPath(container.workingDir) : dir,
       env: { PATH: hostPath, HOME: dir, HOSTNAME: name, ...env },
       detached: true,

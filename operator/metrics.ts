@@ -32,7 +32,23 @@ export class OperatorMetrics {
   readonly progress = new Gauge({ name: "kubetune_job_progress_ratio", help: "step / totalSteps of a job, 0 to 1.", labelNames: ["namespace", "job"], registers: [this.registry] });
   readonly loss = new Gauge({ name: "kubetune_job_loss", help: "Training loss a job last reported.", labelNames: ["namespace", "job"], registers: [this.registry] });
   readonly tokensPerSecond = new Gauge({ name: "kubetune_job_tokens_per_second", help: "Training throughput a job last reported.", labelNames: ["namespace", "job"], registers: [this.registry] });
+  /** The labels of each job's backend series, so that it can be replaced and removed. */
+  private readonly backendLabels = new Map<string, { backend: string; device: string }>();
+  readonly backend = new Gauge({
+    name: "kubetune_job_backend_info",
+    help: "1 for the compute backend (tensorflow, wasm, cpu) and device (gpu, cpu) a job's trainer runs on.",
+    labelNames: ["namespace", "job", "backend", "device"],
+    registers: [this.registry],
+  });
   readonly gpus = new Gauge({ name: "kubetune_job_gpus", help: "GPUs held by a job's running trainer pod.", labelNames: ["namespace", "job"], registers: [this.registry] });
+  readonly phase = new Gauge({ name: "kubetune_job_phase", help: "1 for each job's current phase (one series per job).", labelNames: ["namespace", "job", "phase"], registers: [this.registry] });
+  readonly lastProgress = new Gauge({
+    name: "kubetune_job_last_progress_timestamp_seconds",
+    help: "When a running job last showed progress (its trainer's latest report, or the start of its attempt), in Unix seconds; absent unless Running.",
+    labelNames: ["namespace", "job"],
+    registers: [this.registry],
+  });
+  readonly leader = new Gauge({ name: "kubetune_leader", help: "1 while this operator replica holds the leader Lease and acts, else 0.", registers: [this.registry] });
 
   /** Exposes the API requests a client has sent, by verb: what the operator costs the API server. */
   trackApiRequests(counts: Record<string, number>): void {
@@ -68,7 +84,30 @@ export class OperatorMetrics {
     if (values.tokensPerSecond !== undefined) this.tokensPerSecond.set({ namespace, job }, values.tokensPerSecond);
   }
 
+  /** One series per job: a retry on other hardware replaces the previous attempt's. */
+  setJobBackend(namespace: string, job: string, backend: string, device: string): void {
+    this.removeJobBackend(namespace, job);
+    this.backend.set({ namespace, job, backend, device }, 1);
+    this.backendLabels.set(`${namespace}/${job}`, { backend, device });
+  }
+
+  private removeJobBackend(namespace: string, job: string): void {
+    const labels = this.backendLabels.get(`${namespace}/${job}`);
+    if (labels) this.backend.remove({ namespace, job, ...labels });
+    this.backendLabels.delete(`${namespace}/${job}`);
+  }
+
+  /** Exports the job's phase and, while it runs, when it last progressed. */
+  setJobState(namespace: string, job: string, phase: string, lastProgress: Date | undefined): void {
+    for (const other of PHASES) if (other !== phase) this.phase.remove({ namespace, job, phase: other });
+    this.phase.set({ namespace, job, phase }, 1);
+    if (lastProgress) this.lastProgress.set({ namespace, job }, lastProgress.getTime() / 1000);
+    else this.lastProgress.remove({ namespace, job });
+  }
+
   removeJob(namespace: string, job: string): void {
-    for (const gauge of [this.progress, this.loss, this.tokensPerSecond, this.gpus]) gauge.remove({ namespace, job });
+    for (const gauge of [this.progress, this.loss, this.tokensPerSecond, this.gpus, this.lastProgress]) gauge.remove({ namespace, job });
+    this.removeJobBackend(namespace, job);
+    for (const phase of PHASES) this.phase.remove({ namespace, job, phase });
   }
 }

@@ -73,7 +73,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         client,
         namespace: options.leaderElection.namespace,
         name: options.leaderElection.name,
-        identity: options.leaderElection.identity ?? `${os.hostname()}-${randomBytes(3).toString("hex")}`,
+        // In a pod HOSTNAME is the pod's name (also where the local pod runner runs it as a process).
+        identity: options.leaderElection.identity ?? `${process.env.HOSTNAME || os.hostname()}-${randomBytes(3).toString("hex")}`,
         log,
       })
     : undefined;
@@ -99,15 +100,21 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   log(`caches synced: ${controller.allJobs().length} FineTuneJobs`);
   let stopped = false;
   if (elector) {
+    metrics.leader.set(0);
     elector.start({
-      onStartedLeading: () => controller.start(),
+      onStartedLeading: () => {
+        metrics.leader.set(1);
+        controller.start();
+      },
       onStoppedLeading: () => {
         // Another replica may act now: stop at once rather than risk two writers.
         log("lost leadership; stopping");
+        metrics.leader.set(0);
         void controller.stop();
       },
     });
   } else {
+    metrics.leader.set(1);
     controller.start();
   }
 

@@ -3,3 +3,4 @@ export * from "./local-store.ts";
 export * from "./s3-store.ts";
 export * from "./open-store.ts";
 export * from "./publish.ts";
+export * from "./signature.ts";

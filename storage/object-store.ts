@@ -6,6 +6,8 @@ export interface ObjectInfo {
   key: string;
   size: number;
   lastModified?: Date;
+  /** The object's version tag where the store has one (S3's ETag): it changes when the object is replaced. */
+  etag?: string;
 }
 
 /**

@@ -74,22 +74,3 @@ export async function readPublishedFile(store: ObjectStore, prefix: string, mani
   }
   return data;
 }
-
-/**
- * The complete published folders directly below parent (e.g. every checkpoint), with their
- * manifests, in key order. Incomplete folders are skipped.
- */
-export async function listPublished(store: ObjectStore, parent: string): Promise<{ prefix: string; manifest: Manifest }[]> {
-  const base = parent ? `${joinKey(parent)}/` : "";
-  const prefixes = new Set<string>();
-  for await (const object of store.list(base)) {
-    const rest = object.key.slice(base.length);
-    if (rest.split("/").length === 2 && rest.endsWith(`/${MANIFEST_FILE}`)) prefixes.add(base + rest.split("/")[0]);
-  }
-  const published = [];
-  for (const prefix of [...prefixes].sort()) {
-    const manifest = await readManifest(store, prefix);
-    if (manifest) published.push({ prefix, manifest });
-  }
-  return published;
-}

@@ -82,7 +82,7 @@ export class S3ObjectStore implements ObjectStore {
   async head(key: string): Promise<ObjectInfo | undefined> {
     try {
       const response = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(key) }));
-      return { key, size: response.ContentLength ?? 0, lastModified: response.LastModified };
+      return { key, size: response.ContentLength ?? 0, lastModified: response.LastModified, etag: response.ETag };
     } catch (error) {
       const translated = this.translate(error, key);
       if (translated.code === "NotFound") return undefined;
@@ -105,7 +105,7 @@ export class S3ObjectStore implements ObjectStore {
       for (const object of response.Contents ?? []) {
         if (!object.Key) continue;
         const key = this.prefix ? object.Key.slice(this.prefix.length + 1) : object.Key;
-        yield { key, size: object.Size ?? 0, lastModified: object.LastModified };
+        yield { key, size: object.Size ?? 0, lastModified: object.LastModified, etag: object.ETag };
       }
       continuationToken = response.IsTruncated ? response.NextContinuationToken : undefined;
     } while (continuationToken);

@@ -2,22 +2,24 @@ import type { DefaultedFineTuneJobSpec } from "../api/index.ts";
 import { openStore } from "../storage/open-store.ts";
 import { StorageError, type ObjectStore } from "../storage/object-store.ts";
 import type { ManifestEntry } from "../storage/publish.ts";
+import { contentSignature } from "../storage/signature.ts";
 import { BackendError, selectBackend } from "./backend/backend.ts";
 import { DatasetError } from "./data/bad-lines.ts";
-import { DataLoader } from "./data/loader.ts";
+import { resolveDatasetKeys } from "./data/files.ts";
+import { DataLoader, type DatasetFiles } from "./data/loader.ts";
 import { MethodOptionsError, type Adapter } from "./methods/method.ts";
 import { getMethod, methodTypes } from "./methods/registry.ts";
 import { ModelConfigError } from "./model/config.ts";
 import { loadModel, ModelLoadError } from "./model/loader.ts";
 import type { CausalLM } from "./model/model.ts";
 import { trainingMetrics, type TrainingMetrics } from "./output/metrics.ts";
-import { adapterFiles, loadableBy, MERGED_FOLDER, mergedModelFiles, reportFiles, writeOutputs } from "./output/output.ts";
+import { adapterFiles, baseModelName, loadableBy, MERGED_FOLDER, mergedModelFiles, reportFiles, writeOutputs } from "./output/output.ts";
 import { preflight, type PreflightReason } from "./preflight/preflight.ts";
 import { Rng } from "./random.ts";
 import { SafetensorsError } from "./safetensors/safetensors.ts";
 import { loadTokenizer, TokenizerError, type Tokenizer } from "./tokenizer/tokenizer.ts";
 import { CheckpointMismatchError, train } from "./train/loop.ts";
-import { planJob, PlanError, type JobPlan } from "./train/plan.ts";
+import { checkpointOwner, planJob, PlanError, resumeFingerprint, type JobPlan } from "./train/plan.ts";
 import type { ProgressListener } from "./train/progress.ts";
 import { promptOf, sampleBeforeAfter } from "./train/sample.ts";
 
@@ -63,7 +65,7 @@ export interface JobOutputs {
 }
 
 /** Why a job failed, as the job's condition reason; the operator fails the job for good on all but TrainerFailed and StorageUnavailable. */
-export type FailureReason = PreflightReason | "InvalidSpec" | "TrainerFailed";
+export type FailureReason = PreflightReason | "InvalidSpec" | "TrainerFailed" | "BackendUnavailable";
 
 /** A failure a user can act on: the reason and one line (or a few) naming the file or field and what is wrong. */
 export class JobError extends Error {
@@ -85,6 +87,7 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
   const open = (uri: string) => openStore(uri, plan.storage);
   const modelStore = open(plan.model.uri);
   const datasetStore = open(plan.dataset.storeUri);
+  const stores: JobStores = { model: modelStore, dataset: datasetStore };
 
   // The cheap checks first, so that a wrong path or a bad first line is reported before the weights load.
   const problems = await rethrow(
@@ -96,40 +99,44 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
       datasetKeys: [plan.dataset.train, ...(plan.dataset.eval ? [plan.dataset.eval] : [])],
       dataset: plan.dataset.options,
     }),
-    modelStore,
+    stores,
   );
   if (problems.length > 0) throw new JobError(problems[0]!.reason, problems.map((problem) => problem.message).join("\n"));
 
-  const backend = await rethrow(selectBackend(plan.backend), modelStore);
-  const model = await rethrow(loadModel(modelStore, plan.model.architecture ? { architecture: plan.model.architecture } : {}), modelStore);
+  // Before anything else is reported: the first event says what the trainer computes on and why.
+  const backend = await rethrow(selectBackend(plan.backend, { gpusRequested: plan.gpusRequested }));
+  options.onProgress?.({ event: "backend", ...backend });
+
+  const model = await rethrow(loadModel(modelStore, plan.model.architecture ? { architecture: plan.model.architecture } : {}), stores);
   let adapter: Adapter | undefined;
   try {
-    const tokenizer = await rethrow(loadTokenizer(modelStore, ""), modelStore);
+    const tokenizer = await rethrow(loadTokenizer(modelStore, ""), stores);
     checkCompatible(plan, model, tokenizer, modelStore);
     const rng = Rng.fromSeed(plan.seed);
-    adapter = asJobError(() =>
-      getMethod(plan.method.type).inject(model, plan.method.options, { rng, baseModelNameOrPath: spec.baseModel.uri, optionsPath: plan.method.optionsPath }),
-    );
-    const data = await rethrow(datasetLoader(plan, datasetStore, tokenizer), modelStore);
+    const baseModelNameOrPath = await rethrow(baseModelName(spec.baseModel.name, plan.model.uri, modelStore), stores);
+    adapter = asJobError(() => getMethod(plan.method.type).inject(model, plan.method.options, { rng, baseModelNameOrPath, optionsPath: plan.method.optionsPath }));
+    const files = await rethrow(datasetFiles(plan, datasetStore), stores);
+    const data = asJobError(() => new DataLoader(files, plan.dataset.options, tokenizer));
+    const fingerprint = resumeFingerprint(plan.fingerprint, await rethrow(inputSignatures(modelStore, files), stores));
     const outcome = await rethrow(
       train({
         adapter,
         rng,
         data,
         config: plan.training,
-        checkpoints: { store: open(plan.checkpoint.storeUri), folder: plan.checkpoint.folder },
-        fingerprint: plan.fingerprint,
-        backend,
+        checkpoints: { store: open(plan.checkpoint.storeUri), folder: plan.checkpoint.folder, owner: checkpointOwner(fingerprint, plan.output.uri) },
+        fingerprint,
+        backend: `${backend.name} (${backend.description})`,
         ...(options.onProgress ? { onProgress: options.onProgress } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
       }),
-      modelStore,
+      stores,
     );
     if (outcome.status === "stopped") {
       return { status: "stopped", step: outcome.state.step, totalSteps: outcome.state.totalSteps, checkpoint: outcome.checkpoint };
     }
 
-    const sample = options.sample === false ? undefined : await rethrow(samplePrompt(options.samplePrompt, data, tokenizer), modelStore);
+    const sample = options.sample === false ? undefined : await rethrow(samplePrompt(options.samplePrompt, data, tokenizer), stores);
     const metrics = trainingMetrics(outcome.state, {
       method: plan.method.type,
       baseModel: spec.baseModel.uri,
@@ -142,12 +149,12 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
       ...(sample ? { sample: sampleBeforeAfter(adapter, tokenizer, sample, { maxLength: plan.dataset.options.maxSeqLength }) } : {}),
     });
     const outputStore = open(plan.output.uri);
-    const files = {
-      ...adapterFiles(adapter),
+    const outputFiles = {
+      ...adapterFiles(adapter, spec.baseModel.uri),
       ...reportFiles(metrics, `${plan.method.type} on ${spec.baseModel.uri}`),
       ...(plan.output.mergeIntoBase ? await mergedModelFiles(adapter, modelStore) : {}),
     };
-    const manifest = await writeOutputs(outputStore, files, { step: outcome.state.step, fingerprint: plan.fingerprint });
+    const manifest = await writeOutputs(outputStore, outputFiles, { step: outcome.state.step, fingerprint });
     options.onProgress?.({
       event: "done",
       step: outcome.state.step,
@@ -172,8 +179,20 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
   }
 }
 
-async function datasetLoader(plan: JobPlan, store: ObjectStore, tokenizer: Tokenizer): Promise<DataLoader> {
-  return new DataLoader({ store, train: [plan.dataset.train], ...(plan.dataset.eval ? { eval: [plan.dataset.eval] } : {}) }, plan.dataset.options, tokenizer);
+/** The dataset's files: train and eval each name one file or a prefix of *.jsonl files. */
+async function datasetFiles(plan: JobPlan, store: ObjectStore): Promise<DatasetFiles> {
+  const train = await resolveDatasetKeys(store, plan.dataset.train);
+  return { store, train, ...(plan.dataset.eval ? { eval: await resolveDatasetKeys(store, plan.dataset.eval) } : {}) };
+}
+
+/** The content signatures of what training reads: the model folder's config, tokenizer and weight files, and the dataset's files. */
+async function inputSignatures(modelStore: ObjectStore, data: DatasetFiles): Promise<string[]> {
+  const modelKeys: string[] = [];
+  for await (const object of modelStore.list("")) if (/^[^/]+\.(json|safetensors)$/.test(object.key)) modelKeys.push(object.key);
+  const signatures: string[] = [];
+  for (const key of modelKeys) signatures.push(`model/${key}:${await contentSignature(modelStore, key)}`);
+  for (const key of [...data.train, ...(data.eval ?? [])]) signatures.push(`data/${key}:${await contentSignature(data.store, key)}`);
+  return signatures;
 }
 
 /** Token ids the model cannot embed, or positions it cannot place, fail here rather than as NaN later. */
@@ -212,21 +231,28 @@ function asJobError<T>(body: () => T): T {
   }
 }
 
-async function rethrow<T>(promise: Promise<T>, modelStore: ObjectStore): Promise<T> {
+async function rethrow<T>(promise: Promise<T>, stores?: JobStores): Promise<T> {
   try {
     return await promise;
   } catch (error) {
-    throw toJobError(error, modelStore);
+    throw toJobError(error, stores);
   }
+}
+
+/** The stores a job reads, to tell whose object a storage error is about. */
+export interface JobStores {
+  model?: ObjectStore;
+  dataset?: ObjectStore;
 }
 
 /**
  * Every failure as a JobError with a reason. Model files are named by their full URI: the
  * loaders name them relative to the model folder.
  */
-export function toJobError(error: unknown, modelStore?: ObjectStore): JobError {
+export function toJobError(error: unknown, stores: JobStores = {}): JobError {
   if (error instanceof JobError) return error;
   const message = error instanceof Error ? error.message : String(error);
+  const modelStore = stores.model;
   const inModel = (file: string) => (modelStore && !/^[a-z]+:\/\//.test(file) ? `${modelStore.uri.replace(/\/+$/, "")}/${message}` : message);
   if (error instanceof PlanError || error instanceof MethodOptionsError || error instanceof CheckpointMismatchError) {
     return new JobError("InvalidSpec", message, { cause: error });
@@ -236,9 +262,26 @@ export function toJobError(error: unknown, modelStore?: ObjectStore): JobError {
   }
   if (error instanceof DatasetError) return new JobError("InvalidDataset", message, { cause: error });
   if (error instanceof StorageError) {
-    const reason = error.code === "AccessDenied" ? "StorageAccessDenied" : error.code === "NotFound" ? "ModelNotFound" : "StorageUnavailable";
+    const reason = error.code === "AccessDenied" ? "StorageAccessDenied" : error.code === "NotFound" ? missingReason(error.uri, stores) : "StorageUnavailable";
     return new JobError(reason, message, { cause: error });
   }
-  if (error instanceof BackendError) return new JobError("TrainerFailed", message, { cause: error });
+  if (error instanceof BackendError) return new JobError("BackendUnavailable", message, { cause: error });
   return new JobError("TrainerFailed", message, { cause: error });
+}
+
+/**
+ * A missing object is the model's (ModelNotFound), the dataset's (InvalidDataset), or in a
+ * location the spec names that does not exist, such as an output bucket (InvalidSpec). The
+ * store with the longer root wins, for a dataset kept inside the model's folder.
+ */
+function missingReason(uri: string, stores: JobStores): FailureReason {
+  const owners: [FailureReason, ObjectStore | undefined][] = [
+    ["ModelNotFound", stores.model],
+    ["InvalidDataset", stores.dataset],
+  ];
+  const within = owners
+    .flatMap(([reason, store]) => (store ? [{ reason, root: store.uri.replace(/\/+$/, "") }] : []))
+    .filter(({ root }) => uri === root || uri.startsWith(`${root}/`))
+    .sort((a, b) => b.root.length - a.root.length);
+  return within[0]?.reason ?? "InvalidSpec";
 }

@@ -10,6 +10,9 @@ const conditionTypeDocs = {
   Succeeded: "The job finished and its outputs are complete.",
   Failed: "The job stopped for good; the reason says why and the message what to do.",
   Suspended: "The job is held by runPolicy.suspend or by its queue; it resumes from its last checkpoint.",
+  Ready: "Summary for kstatus (Flux) and kubectl wait: True once the job has succeeded; False, with the reason, while it is pending, running, suspended or failed.",
+  Reconciling: "Summary for kstatus: True while the job is on its way to an end (Pending, Queued, Running); kstatus reports it as in progress.",
+  Stalled: "Summary for kstatus: True once the job has failed for good; kstatus reports it as failed.",
 } as const;
 
 const reasonDocs = {
@@ -32,6 +35,7 @@ const reasonDocs = {
   ModelNotFound: "baseModel.uri holds no loadable model (config.json, *.safetensors, tokenizer.json).",
   StorageAccessDenied: "S3 refused access: check storage.secretRef, the credentials and the bucket policy.",
   TrainerFailed: "The trainer exited with an error; the message holds the end of its log.",
+  BackendUnavailable: "trainer.backend asks for a compute backend the trainer cannot start (a GPU without a driver, or an image without the GPU build); the message says what is missing.",
   BackoffLimitExceeded: "Attempts failed more often than runPolicy.backoffLimit allows.",
   DeadlineExceeded: "The job ran longer than runPolicy.activeDeadlineSeconds.",
   Preempted: "The trainer pod was evicted for a higher-priority workload; the job resumes from its last checkpoint.",

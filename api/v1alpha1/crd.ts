@@ -24,8 +24,8 @@ export function buildCrd(): Record<string, unknown> {
           additionalPrinterColumns: [
             { name: "Phase", type: "string", jsonPath: ".status.phase", description: "Pending, Queued, Running, Succeeded, Failed or Suspended." },
             { name: "Method", type: "string", jsonPath: ".spec.method.type", description: "The fine-tuning method." },
-            { name: "Progress", type: "number", jsonPath: ".status.progress.percent", description: "Steps done, in percent." },
-            { name: "Loss", type: "number", jsonPath: ".status.progress.loss", description: "Latest training loss." },
+            { name: "Progress", type: "string", jsonPath: ".status.progress.percentText", description: "Steps done, in percent." },
+            { name: "Loss", type: "string", jsonPath: ".status.progress.lossText", description: "Latest training loss, to 4 significant digits." },
             { name: "ETA", type: "string", jsonPath: ".status.progress.eta", description: "Estimated time until the last step." },
             { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" },
           ],

@@ -19,7 +19,9 @@ describe("applyDefaults", () => {
         fields: { text: "text" },
         maxSeqLength: 512,
         packing: false,
+        shuffleBuffer: 10000,
         badLines: "fail",
+        maxBadLineFraction: 0.1,
       },
       method: { type: "lora", lora: { r: 8, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj"], rsLora: false } },
       objective: { type: "sft" },
@@ -31,6 +33,9 @@ describe("applyDefaults", () => {
         scheduler: "linear",
         warmupSteps: 0,
         weightDecay: 0,
+        adamBeta1: 0.9,
+        adamBeta2: 0.999,
+        adamEpsilon: 1e-8,
         maxGradNorm: 1,
         seed: 42,
       },
@@ -39,7 +44,7 @@ describe("applyDefaults", () => {
       storage: { forcePathStyle: false },
       resources: { gpus: 0 },
       runPolicy: { backoffLimit: 3, suspend: false },
-      trainer: { backend: "auto" },
+      trainer: { backend: "auto", gradientCheckpointing: false },
     });
   });
 

@@ -9,9 +9,9 @@ import {
 } from "./finetunejob.ts";
 
 /** The record fields each dataset format reads; each is named after itself unless dataset.fields says otherwise. */
-export const FORMAT_FIELDS: Readonly<Record<DatasetFormat, readonly ("text" | "prompt" | "completion" | "messages" | "chosen" | "rejected" | "label")[]>> = {
+export const FORMAT_FIELDS: Readonly<Record<DatasetFormat, readonly ("text" | "prompt" | "completion" | "input" | "messages" | "chosen" | "rejected" | "label")[]>> = {
   text: ["text"],
-  instruction: ["prompt", "completion"],
+  instruction: ["prompt", "completion", "input"],
   chat: ["messages"],
   preference: ["prompt", "chosen", "rejected"],
   classification: ["text", "label"],

@@ -62,8 +62,8 @@ describe("the CRD", () => {
     expect(version?.additionalPrinterColumns.map((column) => `${column.name}=${column.jsonPath}`)).toEqual([
       "Phase=.status.phase",
       "Method=.spec.method.type",
-      "Progress=.status.progress.percent",
-      "Loss=.status.progress.loss",
+      "Progress=.status.progress.percentText",
+      "Loss=.status.progress.lossText",
       "ETA=.status.progress.eta",
       "Age=.metadata.creationTimestamp",
     ]);

@@ -236,22 +236,31 @@ const specSchema = s
     baseModel: s
       .object("The model to start from.", {
         uri: uri("Prefix holding a Hugging Face model folder: config.json, *.safetensors and tokenizer.json.").required(),
+        name: s.string(
+          "The model's name where PEFT can load it, such as HuggingFaceTB/SmolLM2-135M: written as base_model_name_or_path in adapter_config.json. When unset, config.json's _name_or_path; else uri (a local path loads; an s3:// URI does not).",
+          { minLength: 1, maxLength: 1024 },
+        ),
         architecture: s.enumeration("Overrides the architecture read from config.json (model_type).", ["llama", "mistral", "qwen2", "gpt2"]),
       })
       .required(),
     dataset: s
       .object("The training data: JSON Lines records and how to read them.", {
-        train: uri("JSON Lines file with the training records, or a prefix whose *.jsonl files are read in name order.").required(),
-        eval: uri("JSON Lines file with held-out records for evaluation; exclusive with evalFraction."),
+        train: uri(
+          "JSON Lines file with the training records, or a prefix whose *.jsonl files are all read: each epoch in a shuffled order of files, their records mixed through the shuffle buffer.",
+        ).required(),
+        eval: uri("JSON Lines file with held-out records for evaluation, or a prefix whose *.jsonl files are all read; exclusive with evalFraction."),
         evalFraction: s.number("Share of the training records held out for evaluation when eval is unset; 0 means none.", { minimum: 0, maximum: 0.5 }),
         format: s.enumeration(
-          "Record shape: text {text}, instruction {prompt, completion}, chat {messages}, preference {prompt, chosen, rejected}, classification {text, label}.",
+          "Record shape: text {text}, instruction {prompt, completion, optional input}, chat {messages}, preference {prompt, chosen, rejected}, classification {text, label}.",
           DATASET_FORMATS,
         ).default("text"),
         fields: s.object("Record field names, where they differ from the format's (each defaults to its own name).", {
           text: fieldName("Field holding the text (formats text and classification)."),
           prompt: fieldName("Field holding the prompt (formats instruction and preference)."),
           completion: fieldName("Field holding the target completion (format instruction)."),
+          input: fieldName(
+            "Field holding an optional input to the prompt (format instruction), as in Alpaca's {instruction, input, output} records: when present and not empty, the prompt trained on is the prompt field, a blank line (\\n\\n) and the input; otherwise the prompt field alone. No template such as Alpaca's ### headers is added: write it into the prompt field.",
+          ),
           messages: fieldName("Field holding the list of {role, content} messages (format chat)."),
           chosen: fieldName("Field holding the preferred completion (format preference)."),
           rejected: fieldName("Field holding the dispreferred completion (format preference)."),
@@ -264,10 +273,18 @@ const specSchema = s
         ),
         maxSeqLength: s.integer("Tokens per example; longer examples are truncated.", { minimum: 8, maximum: 131072 }).default(512),
         packing: s.boolean("Concatenate short examples into sequences of maxSeqLength tokens (formats text, instruction and chat).").default(false),
+        shuffleBuffer: s.integer(
+          "Records held to shuffle the training data each epoch: a dataset of at most this many records is shuffled uniformly, a larger one within a window of this size (split it into several files, whose order is shuffled too).",
+          { minimum: 1, maximum: 10_000_000 },
+        ).default(10_000),
         badLines: s.enumeration(
-          "A line that is not JSON or lacks a mapped field: fail the job (reason InvalidDataset), or skip and count it.",
+          "A line that is not JSON or lacks a mapped field: fail the job (reason InvalidDataset), or skip and count it against maxBadLineFraction. Blank lines are always skipped.",
           ["fail", "skip"],
         ).default("fail"),
+        maxBadLineFraction: s.number(
+          "With badLines skip: the job fails (InvalidDataset) once more than this share of the lines read is bad, checked from 1,000 lines on and at the end of each pass.",
+          { minimum: 0, maximum: 1 },
+        ).default(0.1),
       })
       .rule({
         cel: "!has(self.eval) || !has(self.evalFraction)",
@@ -331,6 +348,9 @@ const specSchema = s
         }),
         warmupRatio: s.number("Warmup as a share of the total steps; exclusive with warmupSteps.", { minimum: 0, maximum: 1 }),
         weightDecay: s.number("AdamW's decoupled weight decay.", { minimum: 0, maximum: 1 }).default(0),
+        adamBeta1: s.number("AdamW's decay rate of the gradient's moving average (Hugging Face's adam_beta1).", { minimum: 0, maximum: 1, exclusiveMaximum: true }).default(0.9),
+        adamBeta2: s.number("AdamW's decay rate of the squared gradient's moving average (adam_beta2).", { minimum: 0, maximum: 1, exclusiveMaximum: true }).default(0.999),
+        adamEpsilon: s.number("Added to AdamW's denominator for numerical stability (adam_epsilon).", { minimum: 0, exclusiveMinimum: true, maximum: 1 }).default(1e-8),
         maxGradNorm: s.number("Clip the global gradient norm to this; 0 turns clipping off.", { minimum: 0, maximum: 1_000_000 }).default(1),
         seed: s.integer("Seed of initialisation, dropout and data order: the same seed trains the same way.", { minimum: 0, maximum: 2147483647 }).default(42),
         evalEverySteps: steps("Optimizer steps between evaluations; at the end of each epoch when unset. Needs dataset.eval or dataset.evalFraction."),
@@ -437,11 +457,14 @@ const specSchema = s
           pattern: "^\\S+$",
           patternHint: "an image reference without spaces",
         }),
-        backend: s.enumeration("Compute backend: gpu (tfjs-node-gpu), cpu (the fastest CPU backend present), or auto (gpu when resources.gpus > 0).", [
+        backend: s.enumeration("Compute backend: gpu (native TensorFlow on a GPU, or the job fails with BackendUnavailable), cpu (native TensorFlow on the CPU when the image has it, else wasm), or auto (the GPU when the image has the GPU build and the node a GPU, else the fastest CPU backend; see docs/backends.md).", [
           "auto",
           "gpu",
           "cpu",
         ]).default("auto"),
+        gradientCheckpointing: s
+          .boolean("Recompute each transformer block in the backward pass instead of keeping its activations: less memory for one more forward pass, the same gradients.")
+          .default(false),
       })
       .default({}),
   })
@@ -492,7 +515,7 @@ const specSchema = s
 // status
 
 const conditionSchema = s.object("An observation of one aspect of the job, in the metav1.Condition shape.", {
-  type: s.string("Condition type: PreflightChecked, Admitted, Running, Succeeded, Failed or Suspended.", {
+  type: s.string("Condition type: PreflightChecked, Admitted, Running, Succeeded, Failed or Suspended, and the summaries Ready, Reconciling and Stalled.", {
     minLength: 1,
     maxLength: 316,
     pattern: CONDITION_TYPE_PATTERN,
@@ -518,7 +541,17 @@ const statusSchema = s.object("What the operator observed; written by the operat
     totalSteps: s.integer("Optimizer steps the job runs in all.", { minimum: 0 }),
     epoch: s.number("Epochs completed, with a fractional part.", { minimum: 0 }),
     percent: s.number("step / totalSteps, in percent.", { minimum: 0, maximum: 100 }),
+    percentText: s.string("percent as kubectl get shows it, such as 50%.", { maxLength: 8 }),
     loss: s.number("Training loss, averaged since the previous report."),
+    lossText: s.string("loss to 4 significant digits, such as 0.4225, for kubectl get.", { maxLength: 16 }),
+    lossHistory: s.array(
+      "Training loss over the run so far: the newest report in each 1/32 of the steps, so at most 32 points; the sparkline of kubetune status.",
+      s.object("The loss at one step.", {
+        step: s.integer("Optimizer step.", { minimum: 0 }).required(),
+        loss: s.number("Training loss at that step.").required(),
+      }),
+      { maxItems: 32, listType: "atomic" },
+    ),
     evalLoss: s.number("Loss on the eval set at the latest evaluation."),
     learningRate: s.number("Learning rate at the latest step.", { minimum: 0 }),
     tokensPerSecond: s.number("Training throughput in tokens per second.", { minimum: 0 }),
@@ -530,6 +563,12 @@ const statusSchema = s.object("What the operator observed; written by the operat
     step: s.integer("Optimizer step of the checkpoint.", { minimum: 0 }).required(),
     uri: uri("Prefix holding the checkpoint.").required(),
     time: s.dateTime("When the checkpoint was completed.").required(),
+  }),
+  backend: s.object("What the current attempt's trainer computes on, and why, as it reported at start.", {
+    name: s.enumeration("The tfjs backend: tensorflow (native TensorFlow), wasm, or cpu (plain JavaScript).", ["tensorflow", "wasm", "cpu"]).required(),
+    device: s.enumeration("gpu or cpu.", ["gpu", "cpu"]).required(),
+    description: s.string("The GPU's name and memory, or the CPU threads, such as 2 CPU threads.", { maxLength: 256 }),
+    reason: s.string("Why this backend: what trainer.backend asked for and what the image and node offer.", { maxLength: 1024 }),
   }),
   attempts: s.integer("Trainer pods started so far, retries included.", { minimum: 0 }),
   failedAttempts: s.integer("Attempts that failed and count against runPolicy.backoffLimit (suspensions do not).", { minimum: 0 }),

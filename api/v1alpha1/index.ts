@@ -5,3 +5,4 @@ export * from "./validate.ts";
 export * from "./crd.ts";
 export * from "./docs.ts";
 export * from "./contract.ts";
+export * from "./display.ts";

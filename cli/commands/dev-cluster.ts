@@ -4,26 +4,40 @@ import { devClusterDown, devClusterServe, devClusterStatus, devClusterUp } from 
 export function registerDevCluster(program: Command): void {
   const devCluster = program
     .command("dev-cluster")
-    .description("A whole kubetune installation on loopback: kube-apiserver + etcd, MinIO, the operator and a local pod runner.");
+    .description("A whole kubetune installation on loopback: kube-apiserver + etcd, MinIO, the operator and a local pod runner.")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ eval "$(npx kubetune dev-cluster up)"               # operator in the supervisor process
+  $ eval "$(npx kubetune dev-cluster up --from-chart)"  # operator as the Helm chart installs it
+  $ npx kubetune submit examples/dev-cluster/quickstart.yaml --wait
+  $ npx kubetune dev-cluster down`,
+    );
   devCluster
     .command("up")
     .description('start it in the background and print shell exports: eval "$(kubetune dev-cluster up)"')
-    .action(async () => {
-      process.stdout.write(await devClusterUp());
+    .option("--from-chart", "install the operator from helm/kubetune (rendered by helm, its Deployment run as a pod, under its ServiceAccount and RBAC, with its flags)")
+    .addHelpText("after", '\nExamples:\n  $ eval "$(npx kubetune dev-cluster up)"\n  $ eval "$(npx kubetune dev-cluster up --from-chart)"')
+    .action(async (flags: { fromChart?: boolean }) => {
+      process.stdout.write(await devClusterUp({ fromChart: flags.fromChart === true }));
     });
   devCluster
     .command("down")
     .description("stop everything dev-cluster up started")
+    .addHelpText("after", "\nExamples:\n  $ npx kubetune dev-cluster down")
     .action(async () => console.error(await devClusterDown()));
   devCluster
     .command("status")
     .description("say whether a dev cluster is running")
+    .addHelpText("after", "\nExamples:\n  $ npx kubetune dev-cluster status")
     .action(() => console.log(devClusterStatus()));
   devCluster.addCommand(
     new Command("serve")
       .description("run the dev cluster in the foreground (what up starts in the background)")
       .requiredOption("--dir <dir>", "folder for its data, logs and state")
-      .action(async (flags: { dir: string }) => devClusterServe(flags.dir)),
+      .option("--from-chart", "run the operator from the Helm chart")
+      .action(async (flags: { dir: string; fromChart?: boolean }) => devClusterServe(flags.dir, { fromChart: flags.fromChart === true })),
     { hidden: true },
   );
 }

@@ -1,12 +1,18 @@
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { startOperator } from "../../operator/operator.ts";
 
-const pkg = { version: process.env.npm_package_version };
+// Image defaults carry the operator's own version, from package.json (npm_package_version exists only under `npm run`).
+const version = (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
 export function registerOperator(program: Command): void {
   program
     .command("operator")
     .description("Run the kubetune operator: reconcile FineTuneJobs into trainer pods.")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ kubetune operator --kubeconfig ~/.kube/config --progress-tls-cert tls.crt --progress-tls-key tls.key --progress-url https://my-host:8443\n\nThe Helm chart runs it with every flag: helm/kubetune/templates/deployment.yaml.",
+    )
     .option("--kubeconfig <file>", "kubeconfig to use; in-cluster config or $KUBECONFIG when unset")
     .option("--namespaces <list>", "comma-separated namespaces to watch; all when unset", "")
     .option("--probe-address <host:port>", "address of /healthz, /readyz and /metrics", "0.0.0.0:8080")
@@ -19,7 +25,9 @@ export function registerOperator(program: Command): void {
     .option("--leader-elect", "elect a leader on a Lease so that only one replica acts", false)
     .option("--leader-election-namespace <ns>", "namespace of the Lease", "kubetune-system")
     .option("--leader-election-id <name>", "name of the Lease", "kubetune-operator")
-    .option("--default-image <image>", "trainer image when a job sets none", `ghcr.io/kubetune/kubetune:${pkg.version ?? "latest"}`)
+    .option("--trainer-image-cpu <image>", "trainer image of jobs without GPUs that set no spec.trainer.image", `ghcr.io/kubetune/kubetune-trainer-cpu:${version}`)
+    .option("--trainer-image-gpu <image>", "trainer image of GPU jobs (resources.gpus > 0 or trainer.backend gpu) that set no spec.trainer.image", `ghcr.io/kubetune/kubetune-trainer-gpu:${version}`)
+    .option("--preflight-image <image>", "image of preflight pods, which need no TensorFlow (the operator's own)", `ghcr.io/kubetune/kubetune-operator:${version}`)
     .option("--image-pull-policy <policy>", "imagePullPolicy of trainer pods")
     .option("--concurrency <n>", "jobs reconciled at once", "4")
     .option("--no-preflight", "skip the CPU-only preflight pod")
@@ -30,7 +38,6 @@ export function registerOperator(program: Command): void {
     .option("--default-s3-endpoint <url>", "S3 endpoint for jobs that set none (e.g. an in-cluster MinIO)")
     .option("--default-s3-region <region>", "S3 region for jobs that set none")
     .action(async (flags: Record<string, string | boolean | undefined>) => {
-      const { readFileSync } = await import("node:fs");
       const seconds = (name: string) => Number(flags[name]);
       const operator = await startOperator({
         kubeconfig: flags.kubeconfig as string | undefined,
@@ -42,7 +49,9 @@ export function registerOperator(program: Command): void {
         leaderElection: { enabled: Boolean(flags.leaderElect), namespace: String(flags.leaderElectionNamespace), name: String(flags.leaderElectionId) },
         concurrency: Number(flags.concurrency),
         settings: {
-          defaultImage: String(flags.defaultImage),
+          defaultImage: String(flags.trainerImageCpu),
+          gpuImage: String(flags.trainerImageGpu),
+          preflightImage: String(flags.preflightImage),
           imagePullPolicy: flags.imagePullPolicy as "Always" | "IfNotPresent" | "Never" | undefined,
           progressUrl: String(flags.progressUrl),
           progressCa: flags.progressCa ? readFileSync(String(flags.progressCa), "utf8") : undefined,

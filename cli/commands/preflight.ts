@@ -14,6 +14,7 @@ export function registerPreflight(program: Command): void {
   program
     .command("preflight")
     .description("Check that a job's model, tokenizer and dataset exist and parse (the operator runs this before the trainer).")
+    .addHelpText("after", "\nExamples:\n  $ kubetune preflight examples/quickstart.yaml\n  $ kubetune preflight job.yaml --sample-lines 1000")
     .argument("[file]", "a FineTuneJob manifest; the KUBETUNE_JOB_SPEC environment variable when omitted")
     .option("--sample-lines <n>", "lines checked at the start of each dataset file", "100")
     .action(async (file: string | undefined, flags: { sampleLines: string }) => {

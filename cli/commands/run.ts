@@ -16,6 +16,7 @@ export function registerRun(program: Command): void {
   program
     .command("run")
     .description("Run a FineTuneJob manifest on this machine, without a cluster; resumes from its newest checkpoint.")
+    .addHelpText("after", "\nExamples:\n  $ kubetune run examples/quickstart.yaml --output-dir out/quickstart\n  $ kubetune run job.yaml --json > progress.jsonl")
     .argument("<file>", "a FineTuneJob manifest (YAML or JSON)")
     .option("--output-dir <dir>", "write the outputs (and checkpoints) here instead of spec.output.uri")
     .option("--json", "print one JSON object per progress event on stdout, also on a terminal")
@@ -157,6 +158,9 @@ export class ProgressBar implements ProgressDisplay {
 
   event(event: ProgressEvent): void {
     switch (event.event) {
+      case "backend":
+        this.print(`backend: ${event.name} on ${event.description} (${event.reason})`);
+        break;
       case "start":
         if (event.resumedFrom && event.step >= event.totalSteps) {
           this.print(`already trained: ${event.resumedFrom} is the last step; writing the outputs again (delete that folder's parent to train anew)`);
@@ -185,6 +189,9 @@ export class ProgressBar implements ProgressDisplay {
             (this.firstLoss !== undefined && this.lastLoss !== undefined ? `, loss ${this.firstLoss.toFixed(3)} -> ${this.lastLoss.toFixed(3)}` : "") +
             `\noutputs in ${event.outputUri}: ${event.files.join(", ")}`,
         );
+        break;
+      case "warning":
+        this.print(`warning: ${event.message} (${event.reason})`);
         break;
       case "stopped":
         break;

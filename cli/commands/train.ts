@@ -23,6 +23,7 @@ export function registerTrain(program: Command): void {
   program
     .command("train")
     .description(`Train the job in $${JOB_SPEC_ENV} (or FILE) as the trainer pod does, logging JSON lines; resumes from the newest checkpoint.`)
+    .addHelpText("after", `\nExamples:\n  $ kubetune train examples/quickstart.yaml      # what a trainer pod runs, on a manifest\n  $ ${JOB_SPEC_ENV}='{...}' kubetune train   # as the operator starts it`)
     .argument("[file]", `a FineTuneJob manifest; $${JOB_SPEC_ENV} (the spec as JSON) when omitted`)
     .action(async (file: string | undefined) => {
       const display = new PodLog(ProgressReporter.fromEnv(process.env, (message) => console.log(formatEventJson({ event: "log", message }))));
@@ -68,6 +69,8 @@ class PodLog implements ProgressDisplay {
       this.reporter?.report({ step, totalSteps, epoch, loss, ...(evalLoss !== undefined ? { evalLoss } : {}), learningRate, tokensPerSecond, etaSeconds });
     } else if (event.event === "checkpoint") {
       this.reporter?.report({ step: event.step, checkpoint: { step: event.step, uri: event.uri } });
+    } else if (event.event === "backend") {
+      this.reporter?.report({ step: 0, backend: { name: event.name, device: event.device, description: event.description, reason: event.reason } });
     }
   }
 

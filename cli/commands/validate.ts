@@ -93,6 +93,7 @@ export function registerValidate(program: Command): void {
   program
     .command("validate")
     .description(`Check ${KIND} manifests as the API server would; exit 0 when all are valid, 1 otherwise.`)
+    .addHelpText("after", "\nExamples:\n  $ kubetune validate examples/*.yaml\n  $ kubectl get ftj my-job -o yaml | kubetune validate -")
     .argument("<files...>", "YAML (several documents allowed) or JSON files; - reads standard input")
     .option("--json", "print one JSON object: {valid, documents: [{file, document, kind, name, valid, problems: [{path, message, line}]}]}")
     .action(async (files: string[], options: { json?: boolean }) => {

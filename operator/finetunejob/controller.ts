@@ -231,7 +231,16 @@ export class FineTuneJobController {
     }
     for (const event of decision.events) if (event.reason === "Retrying") metrics.retries.inc({ reason: /\(([A-Za-z]+):/.exec(event.message)?.[1] ?? "Unknown" });
     metrics.gpus.set(labels, after === "Running" ? (job.spec?.resources?.gpus ?? 0) : 0);
+    if (after) metrics.setJobState(labels.namespace, labels.job, after, after === "Running" ? lastProgressOf(decision.status!) : undefined);
   }
+}
+
+/** The trainer's latest report, or the start of the current attempt if that is newer (a resumed job has old progress). */
+function lastProgressOf(status: NonNullable<FineTuneJob["status"]>): Date | undefined {
+  const times = [status.progress?.updatedAt, status.conditions?.find((condition) => condition.type === "Running")?.lastTransitionTime, status.startTime]
+    .filter((time): time is string => time !== undefined)
+    .map((time) => Date.parse(time));
+  return times.length ? new Date(Math.max(...times)) : undefined;
 }
 
 function ignoreNotFound(error: unknown): void {

@@ -6,7 +6,9 @@ import { FINALIZER, trainerPod, preflightPod } from "./pods.ts";
 import { applyDefaults } from "../../api/index.ts";
 
 const settings: DecideSettings = {
-  defaultImage: "ghcr.io/kubetune/kubetune:test",
+  defaultImage: "ghcr.io/kubetune/kubetune-trainer-cpu:test",
+  gpuImage: "ghcr.io/kubetune/kubetune-trainer-gpu:test",
+  preflightImage: "ghcr.io/kubetune/kubetune-operator:test",
   progressUrl: "https://operator.kubetune-system.svc:8443",
   terminationGraceSeconds: 120,
   preflight: true,
@@ -57,6 +59,7 @@ describe("decide", () => {
     expect(decision.actions.map((action) => action.kind)).toEqual(["addFinalizer", "ensureTokenSecret", "createPod"]);
     const pod = (decision.actions[2] as { pod: V1Pod }).pod;
     expect(pod.metadata?.name).toBe("tune-preflight");
+    expect(pod.spec?.containers[0]?.image).toBe("ghcr.io/kubetune/kubetune-operator:test");
     expect(pod.spec?.containers[0]?.resources?.limits?.["nvidia.com/gpu"]).toBeUndefined();
     expect(decision.status?.phase).toBe("Pending");
   });
@@ -76,6 +79,7 @@ describe("decide", () => {
     const pod = (decision.actions.find((action) => action.kind === "createPod") as { pod: V1Pod }).pod;
     expect(pod.metadata?.name).toBe("tune-train-1");
     const container = pod.spec!.containers[0]!;
+    expect(container.image).toBe("ghcr.io/kubetune/kubetune-trainer-gpu:test");
     expect(container.resources?.limits).toEqual({ "nvidia.com/gpu": "1", memory: "16Gi" });
     expect(container.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ["ALL"] } });
     expect(pod.spec?.securityContext?.seccompProfile?.type).toBe("RuntimeDefault");
@@ -203,5 +207,44 @@ describe("decide", () => {
     const j = job({ status: { conditions: [preflightPassed], attempts: 1 } });
     const pods = [failed(j, 1, { reason: "Error" })];
     expect(decide(j, pods, seconds(20), settings)).toEqual(decide(j, pods, seconds(20), settings));
+  });
+});
+
+describe("the summary conditions kstatus reads (Ready, Reconciling, Stalled)", () => {
+  const summary = (status: FineTuneJob["status"]) =>
+    Object.fromEntries(
+      (status?.conditions ?? []).filter((c) => ["Ready", "Reconciling", "Stalled"].includes(c.type)).map((c) => [c.type, `${c.status} ${c.reason}`]),
+    );
+
+  it("while pending and running: Reconciling, not Ready, with the reason of the step under way", () => {
+    expect(summary(decide(job(), [], now, settings).status)).toEqual({ Ready: "False PreflightRunning", Reconciling: "True PreflightRunning", Stalled: "False PreflightRunning" });
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
+    expect(summary(decide(j, [podOf(j, 1, "Running")], now, settings).status)).toEqual({ Ready: "False Training", Reconciling: "True Training", Stalled: "False Training" });
+  });
+
+  it("once succeeded: Ready, and the columns read 100% with no time left", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running", progress: { step: 199, totalSteps: 200, percent: 99.5, percentText: "99%", eta: "2s", etaSeconds: 2 } } });
+    const status = decide(j, [podOf(j, 1, "Succeeded")], now, settings).status;
+    expect(summary(status)).toEqual({ Ready: "True Completed", Reconciling: "False Completed", Stalled: "False Completed" });
+    expect(status?.progress).toMatchObject({ percent: 100, percentText: "100%", eta: "0s" });
+  });
+
+  it("once failed: Stalled, with the failure's reason", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
+    const status = decide(j, [failed(j, 1, { reason: "OOMKilled" }, 3)], now, settings).status;
+    expect(summary(status)).toEqual({ Ready: "False BackoffLimitExceeded", Reconciling: "False BackoffLimitExceeded", Stalled: "True BackoffLimitExceeded" });
+  });
+
+  it("while suspended: neither Ready nor Reconciling nor Stalled", () => {
+    const j = job({ spec: { runPolicy: { suspend: true } }, status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
+    expect(summary(decide(j, [podOf(j, 1, "Running")], now, settings).status)).toEqual({ Ready: "False Suspended", Reconciling: "False Suspended", Stalled: "False Suspended" });
+  });
+
+  it("keeps lastTransitionTime while a summary's status stays the same, and records the generation", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
+    const first = decide(j, [podOf(j, 1, "Running")], now, settings).status!;
+    const again = decide({ ...j, status: first }, [podOf(j, 1, "Running")], seconds(60), settings).status!;
+    const ready = again.conditions?.find((c) => c.type === "Ready");
+    expect(ready).toMatchObject({ lastTransitionTime: now.toISOString(), observedGeneration: 1 });
   });
 });

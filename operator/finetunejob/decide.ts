@@ -3,7 +3,10 @@ import {
   EXIT_CODE,
   applyDefaults,
   describeProblems,
+  formatDuration,
+  formatPercent,
   validate,
+  PHASE_DOCS,
   type Condition,
   type ConditionType,
   type FineTuneJob,
@@ -67,7 +70,7 @@ export interface Decision {
 }
 
 /** Reasons after which retrying cannot help: the inputs or the spec must change. */
-const PERMANENT_REASONS = new Set<string>(["InvalidSpec", "InvalidDataset", "ModelNotFound", "StorageAccessDenied", "InvalidModel"]);
+const PERMANENT_REASONS = new Set<string>(["InvalidSpec", "InvalidDataset", "ModelNotFound", "StorageAccessDenied", "InvalidModel", "BackendUnavailable"]);
 
 /** How a finished or vanished attempt ended. */
 interface Outcome {
@@ -80,6 +83,12 @@ interface Outcome {
 }
 
 export function decide(job: FineTuneJob, pods: V1Pod[], now: Date, settings: DecideSettings): Decision {
+  const decision = decideLifecycle(job, pods, now, settings);
+  if (decision.status) decision.status = withSummaryConditions(decision.status, job.metadata.generation, now);
+  return decision;
+}
+
+function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: DecideSettings): Decision {
   const name = job.metadata.name!;
   const actions: Action[] = [];
   const events: JobEvent[] = [];
@@ -108,7 +117,7 @@ export function decide(job: FineTuneJob, pods: V1Pod[], now: Date, settings: Dec
     status.completionTime = current.completionTime ?? now.toISOString();
     if (phase === "Succeeded") {
       setCondition("Succeeded", "True", reason, message);
-      if (status.progress) status.progress = { ...status.progress, percent: 100, etaSeconds: 0, eta: "0s" };
+      if (status.progress) status.progress = { ...status.progress, percent: 100, percentText: formatPercent(100), etaSeconds: 0, eta: formatDuration(0) };
     } else {
       setCondition("Failed", "True", reason, message);
     }
@@ -329,6 +338,38 @@ function ttlRemaining(job: FineTuneJob, status: FineTuneJobStatus, now: Date): n
   const ttl = job.spec?.runPolicy?.ttlSecondsAfterFinished;
   if (ttl === undefined || !status.completionTime) return undefined;
   return Math.max(0, Math.ceil((Date.parse(status.completionTime) + ttl * 1000 - now.getTime()) / 1000));
+}
+
+/**
+ * Ready, Reconciling and Stalled: the summary conditions kstatus (Flux, kpt, cli-utils) reads,
+ * derived from the phase. Each carries the reason and message of the condition that decides
+ * the phase now, so `kubectl wait --for=condition=Ready` and Flux say why a job is not ready.
+ */
+export function withSummaryConditions(status: FineTuneJobStatus, generation: number | undefined, now: Date): FineTuneJobStatus {
+  const phase = status.phase ?? "Pending";
+  // The condition that explains each phase, most telling first.
+  const deciding: Partial<Record<Phase, ConditionType[]>> = {
+    Succeeded: ["Succeeded"],
+    Failed: ["Failed"],
+    Suspended: ["Suspended"],
+  };
+  const cause = (deciding[phase] ?? ["Running", "Admitted", "PreflightChecked"])
+    .map((type) => status.conditions?.find((condition) => condition.type === type))
+    .find((condition) => condition !== undefined);
+  const reason = cause?.reason ?? phase;
+  const message = cause?.message ?? PHASE_DOCS[phase];
+  const progressing = phase === "Pending" || phase === "Queued" || phase === "Running";
+  let conditions = status.conditions ?? [];
+  const set = (type: ConditionType, value: boolean) => {
+    conditions = withCondition(conditions, { type, status: value ? "True" : "False", reason, message, lastTransitionTime: now.toISOString(), observedGeneration: generation }, now);
+  };
+  set("Ready", phase === "Succeeded");
+  set("Reconciling", progressing);
+  set("Stalled", phase === "Failed");
+  // The summaries last, in a fixed order, so that kubectl describe lists the conditions they sum up first.
+  const summaries = ["Ready", "Reconciling", "Stalled"];
+  conditions = [...conditions.filter((c) => !summaries.includes(c.type)), ...summaries.map((type) => conditions.find((c) => c.type === type)!)];
+  return { ...status, conditions };
 }
 
 /** Sets a condition, keeping lastTransitionTime when its status did not change (metav1 semantics). */

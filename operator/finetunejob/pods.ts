@@ -20,8 +20,12 @@ export const SCRATCH_DIR = "/scratch";
 
 /** What the operator's flags decide about the pods it makes. */
 export interface PodSettings {
-  /** Trainer image when spec.trainer.image is unset. */
+  /** Trainer image of CPU jobs when spec.trainer.image is unset (the Dockerfile's trainer-cpu), and the fallback of the two below. */
   defaultImage: string;
+  /** Trainer image of GPU jobs when spec.trainer.image is unset (the Dockerfile's trainer-gpu). */
+  gpuImage?: string;
+  /** Image of preflight pods, which need no TensorFlow (the operator's own image). */
+  preflightImage?: string;
   /** HTTPS URL of the operator's progress endpoint, as pods reach it. */
   progressUrl: string;
   /** PEM of the CA that signed the progress endpoint's certificate (public). */
@@ -31,6 +35,22 @@ export interface PodSettings {
   /** Seconds a trainer gets to checkpoint after SIGTERM. */
   terminationGraceSeconds: number;
   imagePullPolicy?: "Always" | "IfNotPresent" | "Never";
+}
+
+/** A GPU job: it asks for GPUs, or insists on the GPU backend. */
+export function isGpuJob(spec: DefaultedFineTuneJobSpec): boolean {
+  return spec.resources.gpus > 0 || spec.trainer.backend === "gpu";
+}
+
+/** The trainer's image: the job's own, else the GPU or CPU build that fits the job. */
+export function trainerImage(spec: DefaultedFineTuneJobSpec, settings: PodSettings): string {
+  if (spec.trainer.image) return spec.trainer.image;
+  return isGpuJob(spec) ? (settings.gpuImage ?? settings.defaultImage) : settings.defaultImage;
+}
+
+/** The preflight's image: the job's own when it sets one (the code that will read its data), else the small operator image. */
+export function preflightImage(spec: DefaultedFineTuneJobSpec, settings: PodSettings): string {
+  return spec.trainer.image ?? settings.preflightImage ?? settings.defaultImage;
 }
 
 export function trainerPodName(jobName: string, attempt: number): string {
@@ -131,7 +151,7 @@ export function trainerPod(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, att
       containers: [
         {
           name: "trainer",
-          image: spec.trainer.image ?? settings.defaultImage,
+          image: trainerImage(spec, settings),
           ...(settings.imagePullPolicy ? { imagePullPolicy: settings.imagePullPolicy } : {}),
           args: ["train"],
           env,
@@ -146,7 +166,7 @@ export function trainerPod(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, att
   };
 }
 
-/** The preflight pod: CPU only, same image and credentials, checks inputs before a GPU is held. */
+/** The preflight pod: CPU only, the trainer's credentials, checks inputs before a GPU is held. */
 export function preflightPod(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, settings: PodSettings): V1Pod {
   const security = securityContexts();
   return {
@@ -167,7 +187,7 @@ export function preflightPod(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, s
       containers: [
         {
           name: "preflight",
-          image: spec.trainer.image ?? settings.defaultImage,
+          image: preflightImage(spec, settings),
           ...(settings.imagePullPolicy ? { imagePullPolicy: settings.imagePullPolicy } : {}),
           args: ["preflight"],
           env: commonEnv(job, spec, settings),

@@ -9,6 +9,8 @@ export interface ProgressReport {
   tokensPerSecond?: number;
   etaSeconds?: number;
   checkpoint?: { step: number; uri: string };
+  /** Sent once, at start: what the trainer computes on and why. */
+  backend?: { name: string; device: string; description?: string; reason?: string };
   /** Sent once, when the outputs are published. */
   outputs?: {
     uri: string;
@@ -40,19 +42,13 @@ export function checkReport(body: unknown): string[] {
   if (checkpoint !== undefined && (typeof checkpoint !== "object" || typeof checkpoint.step !== "number" || typeof checkpoint.uri !== "string")) {
     problems.push("checkpoint: must be {step: number, uri: string}");
   }
+  const backend = report.backend as { name?: unknown; device?: unknown } | undefined;
+  if (backend !== undefined && (typeof backend !== "object" || typeof backend.name !== "string" || typeof backend.device !== "string")) {
+    problems.push("backend: must be {name: string, device: string, description?: string, reason?: string}");
+  }
   const outputs = report.outputs as { uri?: unknown; files?: unknown } | undefined;
   if (outputs !== undefined && (typeof outputs !== "object" || typeof outputs.uri !== "string" || !Array.isArray(outputs.files))) {
     problems.push("outputs: must be {uri: string, files: [...]}");
   }
   return problems;
-}
-
-/** 1h12m, 3m10s, 42s: the ETA column of kubectl get ftj. */
-export function formatDuration(totalSeconds: number): string {
-  const seconds = Math.max(0, Math.round(totalSeconds));
-  const hours = Math.floor(seconds / 3600);
-  const minutes = Math.floor((seconds % 3600) / 60);
-  if (hours > 0) return `${hours}h${minutes}m`;
-  if (minutes > 0) return `${minutes}m${seconds % 60}s`;
-  return `${seconds}s`;
 }

@@ -1,10 +1,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
-import { GROUP, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { GROUP, PLURAL, VERSION, appendLossPoint, formatDuration, formatLoss, formatPercent, type FineTuneJob } from "../../api/index.ts";
 import { resourcePath, type KubeClient } from "../../kube/client.ts";
 import type { OperatorMetrics } from "../metrics.ts";
-import { checkReport, formatDuration, type ProgressReport } from "./report.ts";
+import { checkReport, type ProgressReport } from "./report.ts";
 import { tokenMatches } from "./token.ts";
 
 export interface ProgressServerOptions {
@@ -92,7 +92,10 @@ export class ProgressServer {
       totalSteps: report.totalSteps,
       epoch: report.epoch,
       percent,
+      percentText: percent === undefined ? undefined : formatPercent(percent),
       loss: report.loss,
+      lossText: report.loss === undefined ? undefined : formatLoss(report.loss),
+      lossHistory: report.loss === undefined ? undefined : appendLossPoint(job.status?.progress?.lossHistory, { step: report.step, loss: report.loss }, report.totalSteps),
       evalLoss: report.evalLoss,
       learningRate: report.learningRate,
       tokensPerSecond: report.tokensPerSecond,
@@ -100,13 +103,17 @@ export class ProgressServer {
       eta: report.etaSeconds === undefined ? undefined : formatDuration(report.etaSeconds),
       updatedAt: now,
     };
-    const status: Record<string, unknown> = { progress: Object.fromEntries(Object.entries(progress).filter(([, value]) => value !== undefined)) };
+    // A report with nothing but a step (the trainer's first, naming its backend) leaves progress alone.
+    const status: Record<string, unknown> =
+      report.totalSteps === undefined && report.loss === undefined ? {} : { progress: Object.fromEntries(Object.entries(progress).filter(([, value]) => value !== undefined)) };
+    if (report.backend) status.backend = report.backend;
     if (report.checkpoint) status.lastCheckpoint = { step: report.checkpoint.step, uri: report.checkpoint.uri, time: now };
     if (report.outputs) status.outputs = report.outputs;
     await this.options.client.patch(
       resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace: job.metadata.namespace, name: job.metadata.name, subresource: "status" }),
       { status },
     );
+    if (report.backend) this.options.metrics.setJobBackend(job.metadata.namespace!, job.metadata.name!, report.backend.name, report.backend.device);
     this.options.metrics.setJobProgress(job.metadata.namespace!, job.metadata.name!, {
       ratio: percent === undefined ? undefined : percent / 100,
       loss: report.loss,

@@ -19,7 +19,7 @@ describe("the FineTuneJob CRD on a real API server", () => {
   const jobs = () => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace });
 
   beforeAll(async () => {
-    const applied = kubectl(["apply", "--server-side", "-f", CRD_FILE]);
+    const applied = kubectl(["apply", "--server-side", "--force-conflicts", "-f", CRD_FILE]);
     expect(applied.stderr).toBe("");
     namespace = await createNamespace("api");
     await eventually("the FineTuneJob CRD to be established", async () => {
@@ -83,12 +83,12 @@ describe("the FineTuneJob CRD on a real API server", () => {
   it("shows the printer columns in kubectl get ftj", async () => {
     const name = "columns";
     await client.create(jobs(), { apiVersion: API_VERSION, kind: KIND, metadata: { name }, spec: { baseModel: { uri: "s3://models/base" }, dataset: { train: "s3://data/train.jsonl" }, method: { type: "dora" }, output: { uri: "s3://out/y" } } });
-    await client.patch(`${jobs()}/${name}/status`, { status: { phase: "Running", progress: { percent: 42, loss: 1.25, eta: "3m10s", step: 42, totalSteps: 100 } } });
+    await client.patch(`${jobs()}/${name}/status`, { status: { phase: "Running", progress: { percent: 42, percentText: "42%", loss: 1.25, lossText: "1.250", eta: "3m10s", step: 42, totalSteps: 100 } } });
     const table = kubectl(["get", "ftj", name, "-n", namespace]);
     expect(table.status).toBe(0);
     const [header, row] = table.stdout.trim().split("\n");
     expect(header!.split(/\s+/)).toEqual(["NAME", "PHASE", "METHOD", "PROGRESS", "LOSS", "ETA", "AGE"]);
-    expect(row!.split(/\s+/).slice(0, 6)).toEqual([name, "Running", "dora", "42", "1.25", "3m10s"]);
+    expect(row!.split(/\s+/).slice(0, 6)).toEqual([name, "Running", "dora", "42%", "1.250", "3m10s"]);
   });
 
   it("explains spec.method with the doc comments", () => {

@@ -1,4 +1,6 @@
+import type { V1Pod } from "@kubernetes/client-node";
 import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp, chmod } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -6,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { isPortOpen } from "../../localcluster/process.ts";
 
 function kubetune(args: string[], env: NodeJS.ProcessEnv) {
-  return spawnSync(process.execPath, ["bin/kubetune.mjs", ...args], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 180_000 });
+  return spawnSync(process.execPath, ["bin/kubetune.mjs", ...args], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 600_000 });
 }
 
 describe("kubetune dev-cluster", () => {
@@ -39,7 +41,7 @@ describe("kubetune dev-cluster", () => {
     expect(phase).toBe("Succeeded");
     expect(progressWhileRunning).toBe(true);
     const table = kubectlIn(["get", "ftj", "quickstart"]).stdout.trim().split("\n")[1]!.split(/\s+/);
-    expect(table.slice(0, 4)).toEqual(["quickstart", "Succeeded", "lora", "100"]);
+    expect(table.slice(0, 4)).toEqual(["quickstart", "Succeeded", "lora", "100%"]);
 
     const server = /server: (\S+)/.exec(spawnSync("cat", [exports.KUBECONFIG!], { encoding: "utf8" }).stdout)![1]!;
     const ports = [Number(new URL(server).port), Number(new URL(exports.AWS_ENDPOINT_URL!).port)];
@@ -53,4 +55,50 @@ describe("kubetune dev-cluster", () => {
     expect(spawnSync("pgrep", ["-f", env.KUBETUNE_DEV_CLUSTER_DIR], { encoding: "utf8" }).stdout.trim()).toBe("");
     expect(kubetune(["dev-cluster", "status"], env).stdout.trim()).toBe("no dev cluster is running");
   });
+});
+
+describe("kubetune dev-cluster up --from-chart", () => {
+  it("runs the operator from the Helm chart, and kubetune submit --wait runs the quickstart there to Succeeded; status, logs, kubectl logs and merge work on the result", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-devcluster-chart-test-"));
+    await chmod(dir, 0o755);
+    const env = { KUBETUNE_DEV_CLUSTER_DIR: path.join(dir, "cluster") };
+    try {
+      const up = kubetune(["dev-cluster", "up", "--from-chart"], env);
+      expect(up.status, up.stderr).toBe(0);
+      const exports = Object.fromEntries([...up.stdout.matchAll(/^export (\w+)='([^']*)'/gm)].map((match) => [match[1]!, match[2]!]));
+      // The shell that eval "$(kubetune dev-cluster up --from-chart)" prepared.
+      const shell = { ...exports, PATH: `${exports.PATH}:${process.env.PATH}` };
+      const kubectlIn = (args: string[]) => spawnSync("kubectl", args, { encoding: "utf8", env: { ...process.env, ...shell } });
+      expect(kubetune(["dev-cluster", "status"], env).stdout).toContain("operator from the Helm chart in kubetune-system");
+      const operatorPod = JSON.parse(kubectlIn(["get", "pods", "-n", "kubetune-system", "-l", "app.kubernetes.io/component=operator", "-o", "json"]).stdout) as { items: V1Pod[] };
+      expect(operatorPod.items.map((pod) => [pod.spec?.serviceAccountName, pod.status?.phase])).toEqual([["kubetune-operator", "Running"]]);
+
+      const submitted = kubetune(["submit", "examples/dev-cluster/quickstart.yaml", "--wait", "--timeout", "8m"], shell);
+      expect(submitted.status, submitted.stderr).toBe(0);
+      expect(submitted.stdout).toContain("finetunejob.kubetune.io/quickstart created");
+      expect(submitted.stdout).toContain("finetunejob.kubetune.io/quickstart Succeeded: outputs in s3://kubetune/outputs/quickstart (loads in PEFT, vLLM)");
+
+      const [, row] = kubectlIn(["get", "ftj", "quickstart"]).stdout.trim().split("\n");
+      const [name, phase, method, progress, loss, eta] = row!.split(/\s+/);
+      expect([name, phase, method, progress, eta]).toEqual(["quickstart", "Succeeded", "lora", "100%", "0s"]);
+      expect(Number(loss).toPrecision(4)).toBe(loss);
+
+      const status = kubetune(["status", "quickstart"], shell);
+      expect(status.stdout).toContain(`Loss:       ${loss} (eval `);
+      expect(status.stdout).toMatch(/^Loss: .*\) +[▁▂▃▄▅▆▇█]{4,} /m);
+      expect(status.stdout).toContain("Outputs:    s3://kubetune/outputs/quickstart");
+      const logs = kubetune(["logs", "quickstart", "--tail", "2"], shell);
+      expect(logs.stdout.trim().split("\n").map((line) => JSON.parse(line) as { event: string })).toContainEqual(expect.objectContaining({ event: "done", step: 200 }));
+      expect(kubectlIn(["logs", "quickstart-train-1", "--tail=2"]).stdout).toBe(logs.stdout);
+      expect(kubectlIn(["logs", "-n", "kubetune-system", "-l", "app.kubernetes.io/component=operator", "--tail=-1"]).stdout).toContain("is now the leader");
+
+      const merged = path.join(dir, "merged");
+      const merge = kubetune(["merge", "s3://kubetune/outputs/quickstart", "--base", "s3://kubetune/quickstart/model", "--out", merged], shell);
+      expect(merge.status, merge.stderr).toBe(0);
+      expect(merge.stdout).toMatch(/^merged 8 LoRA modules into /);
+      expect(existsSync(path.join(merged, "model.safetensors"))).toBe(true);
+    } finally {
+      expect(kubetune(["dev-cluster", "down"], env).status).toBe(0);
+    }
+  }, 900_000);
 });

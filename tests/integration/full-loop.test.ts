@@ -65,6 +65,11 @@ describe("the full loop: apply, preflight, train, checkpoint, adapter in S3", ()
     expect(done.status).toMatchObject({ phase: "Succeeded", attempts: 1, progress: { step: 40, totalSteps: 40, percent: 100 } });
     expect(done.status?.conditions?.find((condition) => condition.type === "PreflightChecked")).toMatchObject({ status: "True" });
     expect(done.status?.progress?.loss).toBeGreaterThan(0);
+    // What the trainer computed on, and why, as it reported at start: in status and as a metric.
+    const backend = done.status?.backend;
+    expect(backend).toMatchObject({ name: expect.stringMatching(/^(tensorflow|wasm)$/), device: "cpu", reason: expect.stringContaining("trainer.backend") });
+    const metrics = await fetch(`http://127.0.0.1:${harness.operator.probePort}/metrics`).then((response) => response.text());
+    expect(metrics).toContain(`kubetune_job_backend_info{namespace="${namespace}",job="reference",backend="${backend!.name}",device="cpu"} 1`);
     expect(done.status?.lastCheckpoint?.uri).toContain("/outputs/reference/checkpoints/step-");
     const names = done.status?.outputs?.files?.map((file) => file.name) ?? [];
     expect(names).toEqual(expect.arrayContaining(["adapter_config.json", "adapter_model.safetensors", "training_metrics.json"]));
@@ -91,8 +96,9 @@ describe("the full loop: apply, preflight, train, checkpoint, adapter in S3", ()
     const retrying = (await eventsOf(namespace, "killed")).find((event) => event.reason === "Retrying");
     expect(retrying?.message).toMatch(/attempt 1 ended .*attempt 2 resumes from the last checkpoint/);
     const jsonLines = harness.runner.logs(namespace, "killed-train-2").split("\n").filter((line) => line.startsWith("{"));
-    const firstEvent = JSON.parse(jsonLines[0]!) as { event: string; resumedFrom?: string };
-    expect(firstEvent).toMatchObject({ event: "start", resumedFrom: expect.stringMatching(/\/outputs\/killed\/checkpoints\/step-000000[1-3]0$/) });
+    const events = jsonLines.map((line) => JSON.parse(line) as { event: string; resumedFrom?: string });
+    expect(events[0]).toMatchObject({ event: "backend" });
+    expect(events.find((event) => event.event === "start")).toMatchObject({ event: "start", resumedFrom: expect.stringMatching(/\/outputs\/killed\/checkpoints\/step-000000[1-3]0-[a-z0-9]+$/) });
     expect((await adapter("killed")).equals(await adapter("reference"))).toBe(true);
     const pods = await client.list<V1Pod>(resourcePath({ group: "", version: "v1", plural: "pods", namespace }), { labelSelector: "kubetune.io/job-name=killed" });
     expect(pods.items.find((pod) => pod.metadata?.name === "killed-train-1")?.status?.containerStatuses?.[0]?.state?.terminated?.exitCode).toBe(137);

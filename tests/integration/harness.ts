@@ -1,4 +1,4 @@
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { inject } from "vitest";
 import { KubeClient, resourcePath } from "../../kube/client.ts";
@@ -37,6 +37,30 @@ export function kubectl(args: string[], input?: string): { status: number; stdou
     timeout: 60_000,
   });
   return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+/**
+ * Runs a command without blocking this process, whose event loop serves the pod runner and
+ * the operator that the command may be talking to (through the API server).
+ */
+export function runAsync(command: string, args: string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, { env: options.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 150_000);
+    child.once("close", (code) => {
+      clearTimeout(timer);
+      resolve({ status: code ?? -1, stdout, stderr });
+    });
+  });
+}
+
+/** kubectl against the test cluster, without blocking this process (for logs served by an in-process pod runner). */
+export function kubectlAsync(args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
+  return runAsync(cluster().kubectl, args, { env: { ...process.env, KUBECONFIG: cluster().kubeconfig } });
 }
 
 /** A fresh namespace with a unique name. */

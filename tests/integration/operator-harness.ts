@@ -5,7 +5,7 @@ import path from "node:path";
 import { expect } from "vitest";
 import { API_VERSION, CRD_FILE, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
 import { resourcePath } from "../../kube/client.ts";
-import { makePki } from "../../localcluster/pki.ts";
+import { kubeletTls, makePki } from "../../localcluster/pki.ts";
 import { PodRunner } from "../../localcluster/pod-runner.ts";
 import { freePort } from "../../localcluster/process.ts";
 import type { DecideSettings } from "../../operator/finetunejob/decide.ts";
@@ -38,7 +38,7 @@ export async function startOperatorHarness(
   settings: Partial<DecideSettings> = {},
   overrides: Partial<Parameters<typeof startOperator>[0]> = {},
 ): Promise<OperatorHarness> {
-  expect(kubectl(["apply", "--server-side", "-f", CRD_FILE]).status).toBe(0);
+  expect(kubectl(["apply", "--server-side", "--force-conflicts", "-f", CRD_FILE]).status).toBe(0);
   const client = kubeClient();
   const { s3 } = cluster();
   for (const namespace of namespaces) {
@@ -61,6 +61,7 @@ export async function startOperatorHarness(
     nodeName: `node-${namespaces[0]}`,
     namespaces,
     capacity: { cpu: "8", memory: "16Gi", gpus: 0 },
+    kubeletTls: kubeletTls(path.join(cluster().dir, "pki")),
     images: {
       [SCRIPTED_IMAGE]: { entrypoint: [process.execPath, "--import", path.join(repo, "node_modules/tsx/dist/esm/index.mjs"), path.join(repo, "tests/fixtures/scripted-trainer.ts")] },
       [KUBETUNE_IMAGE]: { entrypoint: [process.execPath, path.join(repo, "bin/kubetune.mjs")] },

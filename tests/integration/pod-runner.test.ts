@@ -5,8 +5,9 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isNotFound, resourcePath } from "../../kube/client.ts";
+import { kubeletTls } from "../../localcluster/pki.ts";
 import { PodRunner } from "../../localcluster/pod-runner.ts";
-import { createNamespace, eventually, kubeClient } from "./harness.ts";
+import { cluster, createNamespace, eventually, kubeClient, kubectlAsync } from "./harness.ts";
 
 const SHELL_IMAGE = "kubetune.local/shell:1";
 
@@ -27,6 +28,7 @@ describe("the local pod runner", () => {
       nodeName: `runner-${namespace}`,
       namespaces: [namespace],
       capacity: { cpu: "2", memory: "4Gi", gpus: 0 },
+      kubeletTls: kubeletTls(path.join(cluster().dir, "pki")),
       log: (line) => console.log(`[runner] ${line}`),
     });
     await runner.start();
@@ -175,5 +177,44 @@ describe("the local pod runner", () => {
     expect(pod.status?.phase).toBe("Succeeded");
     expect(runner.logs(namespace, "nonroot").trim().split("\n")).toEqual(["65532"]);
     expect(existsSync(marker)).toBe(false);
+  });
+
+  it("serves container logs to kubectl logs through the API server, following them until the container exits", async () => {
+    await client.create(pods(), shellPod("talker", "echo one; sleep 2; echo two >&2; sleep 1; echo three"));
+    await eventually("talker to run", async () => ((await client.get<V1Pod>(podPath("talker"))).status?.phase === "Running" ? true : undefined));
+    const followed = await kubectlAsync(["logs", "-f", "talker", "-n", namespace]);
+    expect(followed.stderr).toBe("");
+    expect(followed.stdout).toBe("one\ntwo\nthree\n");
+    expect((await phaseOf("talker", ["Succeeded", "Failed"])).status?.phase).toBe("Succeeded");
+    expect((await kubectlAsync(["logs", "talker", "-n", namespace, "--tail", "1"])).stdout).toBe("three\n");
+    const waiting = await kubectlAsync(["logs", "nosuchpod", "-n", namespace]);
+    expect(waiting.status).not.toBe(0);
+    expect(waiting.stderr).toContain('pods "nosuchpod" not found');
+  });
+
+  it("mounts Secret volumes and the service account token, with in-cluster access as the pod's service account", async () => {
+    await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace }), {
+      apiVersion: "v1",
+      kind: "Secret",
+      metadata: { name: "conf" },
+      stringData: { greeting: "hello from a volume" },
+    });
+    const pod = shellPod("mounts", "", { env: [{ name: "KUBECTL", value: cluster().kubectl }], volumes: [{ name: "conf", secret: { secretName: "conf" } }] });
+    const script = 'cat "${1#--greeting=}"; echo; cat "$2"; echo; "$KUBECTL" auth whoami -o json | grep -o "system:serviceaccount:[^\\"]*"';
+    // Paths under a mount path are rewritten, alone or as the value of --flag=.
+    pod.spec!.containers[0]!.command = ["sh", "-c", script, "sh", "--greeting=/etc/conf/greeting", "/var/run/secrets/kubernetes.io/serviceaccount/namespace"];
+    pod.spec!.containers[0]!.volumeMounts = [{ name: "conf", mountPath: "/etc/conf", readOnly: true }];
+    await client.create(pods(), pod);
+    const done = await phaseOf("mounts", ["Succeeded", "Failed"]);
+    expect(done.status?.phase, runner.logs(namespace, "mounts")).toBe("Succeeded");
+    expect(runner.logs(namespace, "mounts").trim().split("\n")).toEqual(["hello from a volume", namespace, `system:serviceaccount:${namespace}:default`]);
+  });
+
+  it("leaves a pod whose Secret volume is missing ContainerCreating", async () => {
+    const pod = shellPod("nomount", "true", { volumes: [{ name: "conf", secret: { secretName: "absent-volume" } }] });
+    pod.spec!.containers[0]!.volumeMounts = [{ name: "conf", mountPath: "/etc/conf" }];
+    await client.create(pods(), pod);
+    const waiting = await eventually("ContainerCreating", async () => (await client.get<V1Pod>(podPath("nomount"))).status?.containerStatuses?.[0]?.state?.waiting);
+    expect(waiting).toMatchObject({ reason: "ContainerCreating", message: 'MountVolume.SetUp failed for volume "conf": secret "absent-volume" not found' });
   });
 });

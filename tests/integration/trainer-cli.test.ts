@@ -4,6 +4,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { FineTuneJob } from "../../api/index.ts";
+import { findNativeBuild } from "../../trainer/backend/backend.ts";
+import { readSafetensors } from "../../trainer/safetensors/safetensors.ts";
 import { writeTinyJob, type TinyJob } from "../../trainer/testing/tiny-job.ts";
 import { cluster, s3Store } from "./harness.ts";
 
@@ -67,13 +69,18 @@ const RESUMABLE: Partial<FineTuneJob["spec"]> = {
   checkpoint: { everySteps: 5, keep: 2 },
 };
 
-describe("kubetune run: interruption and resume", () => {
+// Every backend present: wasm always, native TensorFlow where `npm run native` built it (CI does).
+const BACKENDS = findNativeBuild() ? ["wasm", "tensorflow"] : ["wasm"];
+
+describe.each(BACKENDS)("kubetune run on %s: interruption and resume", (backend) => {
+  const env = { KUBETUNE_BACKEND: backend };
   let reference: Buffer;
 
   beforeAll(async () => {
     const job = await tinyJob(RESUMABLE);
-    const finished = await kubetune(["run", job.manifestPath, "--json"]);
+    const finished = await kubetune(["run", job.manifestPath, "--json"], { env });
     expect(finished.code, finished.stderr).toBe(0);
+    expect(finished.events[0]).toMatchObject({ event: "backend", name: backend });
     expect(stepsOf(finished)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
     reference = await adapterBytes(job);
   });
@@ -81,6 +88,7 @@ describe("kubetune run: interruption and resume", () => {
   it("after SIGKILL between checkpoints, a restart resumes and writes the same adapter byte for byte", async () => {
     const job = await tinyJob(RESUMABLE);
     const killed = await kubetune(["run", job.manifestPath, "--json"], {
+      env,
       onEvent: (event, kill) => event.event === "step" && event.step === 6 && kill("SIGKILL"),
     });
     expect(killed.signal).toBe("SIGKILL");
@@ -89,9 +97,9 @@ describe("kubetune run: interruption and resume", () => {
     expect(killed.events.filter((event) => event.event === "checkpoint").map((event) => event.step)).toEqual([5]);
     expect(await readdir(path.join(job.dir, "out"))).toEqual(["checkpoints"]);
 
-    const resumed = await kubetune(["run", job.manifestPath, "--json"]);
+    const resumed = await kubetune(["run", job.manifestPath, "--json"], { env });
     expect(resumed.code, resumed.stderr).toBe(0);
-    expect(resumed.events[0]).toMatchObject({ event: "start", step: 5, resumedFrom: expect.stringMatching(/\/out\/checkpoints\/step-00000005$/) });
+    expect(resumed.events.find((event) => event.event === "start")).toMatchObject({ event: "start", step: 5, resumedFrom: expect.stringMatching(/\/out\/checkpoints\/step-00000005-[a-z0-9]+$/) });
     expect(stepsOf(resumed)).toEqual([6, 7, 8, 9, 10, 11, 12, 13, 14]);
     expect((await adapterBytes(job)).equals(reference)).toBe(true);
   });
@@ -99,27 +107,61 @@ describe("kubetune run: interruption and resume", () => {
   it("on SIGTERM finishes the step, saves a checkpoint, exits 75 with a clear message, and resumes to the same adapter", async () => {
     const job = await tinyJob(RESUMABLE);
     const stopped = await kubetune(["run", job.manifestPath, "--json"], {
+      env,
       onEvent: (event, kill) => event.event === "step" && event.step === 2 && kill("SIGTERM"),
     });
     expect(stopped.code).toBe(75);
     const stop = stopped.events.find((event) => event.event === "stopped")!;
-    expect(stop).toMatchObject({ signal: "SIGTERM", totalSteps: 14, checkpoint: expect.stringMatching(/step-0000000\d$/) });
+    expect(stop).toMatchObject({ signal: "SIGTERM", totalSteps: 14, checkpoint: expect.stringMatching(/step-0000000\d-[a-z0-9]+$/) });
     expect(stopped.events.at(-2)).toMatchObject({ event: "checkpoint", reason: "stop", step: stop.step });
     expect(stopped.stderr).toMatch(
-      new RegExp(`stopped by SIGTERM after step ${stop.step}/14; checkpoint saved to file://.*/out/checkpoints/step-0000000${stop.step}; run the same command again to resume`),
+      new RegExp(`stopped by SIGTERM after step ${stop.step}/14; checkpoint saved to file://.*/out/checkpoints/step-0000000${stop.step}-[a-z0-9]+; run the same command again to resume`),
     );
 
-    const resumed = await kubetune(["run", job.manifestPath, "--json"]);
+    const resumed = await kubetune(["run", job.manifestPath, "--json"], { env });
     expect(resumed.code, resumed.stderr).toBe(0);
-    expect(resumed.events[0]).toMatchObject({ event: "start", step: stop.step });
+    expect(resumed.events.find((event) => event.event === "start")).toMatchObject({ event: "start", step: stop.step });
     expect((await adapterBytes(job)).equals(reference)).toBe(true);
   });
 });
 
+describe.runIf(BACKENDS.length > 1)("kubetune run: a checkpoint from one backend resumes on the other", () => {
+  it("wasm stopped by SIGTERM, resumed on TensorFlow, ends close to an uninterrupted wasm run", async () => {
+    const uninterrupted = await tinyJob(RESUMABLE);
+    expect((await kubetune(["run", uninterrupted.manifestPath, "--json"], { env: { KUBETUNE_BACKEND: "wasm" } })).code).toBe(0);
+
+    const job = await tinyJob(RESUMABLE);
+    const stopped = await kubetune(["run", job.manifestPath, "--json"], {
+      env: { KUBETUNE_BACKEND: "wasm" },
+      onEvent: (event, kill) => event.event === "step" && event.step === 6 && kill("SIGTERM"),
+    });
+    expect(stopped.code).toBe(75);
+    const resumed = await kubetune(["run", job.manifestPath, "--json"], { env: { KUBETUNE_BACKEND: "tensorflow" } });
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(resumed.events[0]).toMatchObject({ event: "backend", name: "tensorflow" });
+    expect(resumed.events.find((event) => event.event === "start")).toMatchObject({ step: expect.any(Number), resumedFrom: expect.stringContaining("step-") });
+
+    // Different summation orders, not different math: every LoRA weight agrees to float32 noise
+    // grown over a few steps.
+    const expected = readSafetensors(await adapterBytes(uninterrupted), "uninterrupted").tensors;
+    const actual = readSafetensors(await adapterBytes(job), "resumed").tensors;
+    expect([...actual.keys()]).toEqual([...expected.keys()]);
+    for (const [name, tensor] of expected) {
+      const other = actual.get(name)!.data;
+      const scale = Math.max(...tensor.data.map(Math.abs));
+      const worst = Math.max(...tensor.data.map((value, i) => Math.abs(value - other[i]!)));
+      expect(worst / scale, name).toBeLessThan(1e-3);
+    }
+  });
+});
+
 describe("kubetune run: inputs that are wrong", () => {
-  /** Runs a broken job and returns its one stderr line. */
+  /**
+   * Runs a broken job and returns its one stderr line. On wasm: native TensorFlow writes a few
+   * lines of its own to stderr when it loads, which would hide whether ours stays one line.
+   */
   async function failure(job: TinyJob): Promise<string> {
-    const finished = await kubetune(["run", job.manifestPath, "--no-sample"]);
+    const finished = await kubetune(["run", job.manifestPath, "--no-sample"], { env: { KUBETUNE_BACKEND: "wasm" } });
     expect(finished.code, finished.stdout + finished.stderr).toBe(1);
     const lines = finished.stderr.trim().split("\n");
     expect(lines, finished.stderr).toHaveLength(1);
@@ -190,15 +232,17 @@ describe("kubetune run and train against S3", () => {
     expect(finished.code, finished.stderr).toBe(0);
     expect(finished.events.at(-1)).toMatchObject({ event: "done", outputUri: `${root}/out` });
     const outputs = new Set<string>();
-    for await (const object of store.list("out/")) outputs.add(object.key);
+    // Checkpoint folders end in the job's owner tag (trainer/checkpoint/checkpoint.ts), shown here as "*".
+    for await (const object of store.list("out/")) outputs.add(object.key.replace(/(step-\d{8})-[a-z0-9]+\//, "$1-*/"));
     expect(outputs).toEqual(
-      new Set(["out/adapter_config.json", "out/adapter_model.safetensors", "out/training_metrics.json", "out/loss.svg", "out/manifest.json", "out/checkpoints/step-00000004/manifest.json", "out/checkpoints/step-00000004/state.json", "out/checkpoints/step-00000004/tensors.bin", "out/checkpoints/step-00000006/manifest.json", "out/checkpoints/step-00000006/state.json", "out/checkpoints/step-00000006/tensors.bin"]),
+      new Set(["out/adapter_config.json", "out/adapter_model.safetensors", "out/training_metrics.json", "out/loss.svg", "out/manifest.json", "out/checkpoints/step-00000004-*/manifest.json", "out/checkpoints/step-00000004-*/state.json", "out/checkpoints/step-00000004-*/tensors.bin", "out/checkpoints/step-00000006-*/manifest.json", "out/checkpoints/step-00000006-*/state.json", "out/checkpoints/step-00000006-*/tensors.bin"]),
     );
 
     // The pod's command reads the same job from KUBETUNE_JOB_SPEC and finds it already trained.
     const pod = await kubetune(["train"], { env: { ...env, KUBETUNE_JOB_SPEC: JSON.stringify(spec) } });
     expect(pod.code, pod.stderr).toBe(0);
-    expect(pod.events[0]).toMatchObject({ event: "start", step: 6, resumedFrom: `${root}/out/checkpoints/step-00000006` });
+    expect(pod.events.find((event) => event.event === "start")).toMatchObject({ event: "start", step: 6, resumedFrom: expect.stringMatching(/\/out\/checkpoints\/step-00000006-[a-z0-9]+$/) });
+    expect(pod.events.find((event) => event.event === "start")?.resumedFrom).toContain(`${root}/out/checkpoints/`);
     expect(pod.events.map((event) => event.event).slice(-2)).toEqual(["done", "sample"]);
   });
 

@@ -25,9 +25,13 @@ export interface EncodeOptions {
 }
 
 /**
- * Tokenizes an example. Segments are tokenized one by one, so that each token's label comes
- * from exactly one segment. `special` examples get the tokenizer's BOS (when it adds one; no
- * loss, nothing predicts it) and EOS (with loss, so the model learns to stop).
+ * Tokenizes an example. Its segments are joined and the whole text is tokenized once, as
+ * inference tokenizes a prompt followed by what the model wrote: tokenizing the segments one by
+ * one would start each with a word boundary that the whole text does not have under
+ * SentencePiece-style tokenizers (Llama-2, Mistral), whose normalizer prepends "▁" to a text.
+ * The loss mask comes from the segments' character spans (lossMask). `special` examples get the
+ * tokenizer's BOS (when it adds one; no loss, nothing predicts it) and EOS (with loss, so the
+ * model learns to stop).
  * Returns undefined when truncation left no token with a loss: such an example teaches nothing.
  */
 export function encodeExample(example: Example, tokenizer: Tokenizer, options: EncodeOptions): EncodedExample | undefined {
@@ -50,20 +54,67 @@ export function encodeExample(example: Example, tokenizer: Tokenizer, options: E
 }
 
 function encodeSegments(segments: readonly TextSegment[], special: boolean, tokenizer: Tokenizer): TokenSequence {
-  const inputIds = special ? bos(tokenizer) : [];
-  const labels = inputIds.map(() => IGNORE_INDEX);
-  for (const segment of segments) {
-    for (const id of tokenizer.encode(segment.text)) {
-      inputIds.push(id);
-      labels.push(segment.loss ? id : IGNORE_INDEX);
-    }
-  }
+  const text = segments.map((segment) => segment.text).join("");
+  const ids = tokenizer.encode(text);
+  const mask = lossMask(segments, text, ids, tokenizer);
+  const start = special ? bos(tokenizer) : [];
+  const inputIds = [...start, ...ids];
+  const labels = [...start.map(() => IGNORE_INDEX), ...ids.map((id, i) => (mask[i] ? id : IGNORE_INDEX))];
   if (special) {
     const eos = tokenizer.eosId as number;
     inputIds.push(eos);
     labels.push(eos);
   }
   return { inputIds, labels };
+}
+
+/**
+ * Which tokens of `ids` (the whole of `text`) carry a loss: those that hold a character of a
+ * loss segment. The tokenizer library (@huggingface/tokenizers 0.2) returns no character
+ * offsets, so each boundary between a segment without loss and one with it is located by
+ * tokenizing the text up to it (tokenBoundary). A token that spans a boundary holds characters
+ * the model must produce, so it carries the loss.
+ */
+function lossMask(segments: readonly TextSegment[], text: string, ids: readonly number[], tokenizer: Tokenizer): boolean[] {
+  const mask = ids.map(() => false);
+  let offset = 0;
+  let runStart: number | undefined;
+  const closeRun = (end: number): void => {
+    if (runStart === undefined) return;
+    const from = tokenBoundary(text, runStart, ids, tokenizer).before;
+    const to = tokenBoundary(text, end, ids, tokenizer).after;
+    for (let i = from; i < to; i++) mask[i] = true;
+    runStart = undefined;
+  };
+  for (const segment of segments) {
+    if (segment.loss) runStart ??= offset;
+    else closeRun(offset);
+    offset += segment.text.length;
+  }
+  closeRun(offset);
+  return mask;
+}
+
+/**
+ * Where character `position` of `text` falls among the tokens `ids` of the whole text: the
+ * tokens before `before` lie wholly before it, those from `after` on wholly after it; between
+ * the two are tokens that span it (none when the position falls between two tokens).
+ * The tokens of text[0, position) that agree with the whole text's lie before the position; when
+ * they all agree, the position is a token boundary. Otherwise the tokens of text[position, end)
+ * that agree with the end of the whole text's, counted from the end, lie after it (the first of
+ * them may differ, as a prepended "▁" does, which only widens the span).
+ */
+function tokenBoundary(text: string, position: number, ids: readonly number[], tokenizer: Tokenizer): { before: number; after: number } {
+  if (position <= 0) return { before: 0, after: 0 };
+  if (position >= text.length) return { before: ids.length, after: ids.length };
+  const head = tokenizer.encode(text.slice(0, position));
+  let before = 0;
+  while (before < head.length && before < ids.length && head[before] === ids[before]) before++;
+  if (before === head.length) return { before, after: before };
+  const tail = tokenizer.encode(text.slice(position));
+  let common = 0;
+  while (common < tail.length && ids.length - common > before && tail[tail.length - 1 - common] === ids[ids.length - 1 - common]) common++;
+  return { before, after: ids.length - common };
 }
 
 function bos(tokenizer: Tokenizer): number[] {

@@ -4,6 +4,14 @@ export type SourceLine = { line: number; text: string; tooLong?: undefined } | {
 const NEWLINE = 0x0a;
 
 /**
+ * A line of whitespace only. The loader and preflight skip it without counting it, good or bad,
+ * as Hugging Face datasets' JSON loader does: a trailing blank line is common in JSONL files.
+ */
+export function isBlankLine(source: SourceLine): boolean {
+  return source.text !== undefined && source.text.trim() === "";
+}
+
+/**
  * The lines of a UTF-8 byte stream, read chunk by chunk: memory holds one chunk and one line,
  * never the file. Lines end at "\n" (a "\r" before it is dropped), a byte-order mark at the
  * start is dropped, and a last line without "\n" still counts. A line longer than

@@ -138,8 +138,6 @@ describe("bad lines", () => {
   const chat = { messages: [{ role: "user", content: "a" }, { role: "assistant", content: "b" }] };
   // [kind, bad line, options, problem, a good line for the same options]
   const kinds: [string, string, Partial<DatasetOptions>, string | RegExp, object?][] = [
-    ["an empty line", "", {}, "empty line"],
-    ["a blank line", "   ", {}, "empty line"],
     ["invalid JSON", "{not json", {}, /^invalid JSON \(.+\)$/],
     ["a non-object", "[1, 2]", {}, "expected a JSON object, got an array"],
     ["a missing field", '{"instruction": "x"}', {}, 'missing field "output"'],
@@ -187,6 +185,19 @@ describe("bad lines", () => {
       expect.stringMatching(/^memory:\/\/test\/train\.jsonl:4: invalid JSON \(.+\)$/),
       'memory://test/train.jsonl:9: field "text" must be a string, got a number (7)',
     ]);
+  });
+
+  it('skips blank lines silently, as Hugging Face datasets\' JSON loader does, even with badLines "fail"', async () => {
+    const store = new MemoryObjectStore();
+    store.putLines("train.jsonl", ["", { text: "n0" }, "   ", "\t", { text: "n1" }, ""]);
+    const reported: BadLine[] = [];
+    const loader = new DataLoader({ store, train: ["train.jsonl"] }, { format: "text", maxSeqLength: 64, badLines: "fail", shuffle: false }, tokenizer, {
+      onBadLine: (badLine) => reported.push(badLine),
+    });
+    const [batch] = await collect(loader.trainBatches(100, { epochs: 1 }));
+    expect(texts(batch!)).toEqual(["n0", "n1"]);
+    expect(loader.stats.train).toEqual({ lines: 2, badLines: 0, examples: 2, dropped: 0 });
+    expect(reported).toEqual([]);
   });
 
   it("fails once the bad lines pass maxBadLines or maxBadFraction", async () => {

@@ -5,7 +5,7 @@ import { BadLineCounter, DatasetError, type BadLine } from "./bad-lines.ts";
 import { Packer, RowQueue, collate, type BatchData, type Row, type RowAssembler } from "./batching.ts";
 import { encodeExample } from "./encode.ts";
 import { objectUri } from "./files.ts";
-import { readLines } from "./lines.ts";
+import { isBlankLine, readLines } from "./lines.ts";
 import { resolveDatasetOptions, type DatasetOptions, type ResolvedDatasetOptions } from "./options.ts";
 import { epochRng, hash32, isEvalLine, permute, shuffleBuffer } from "./order.ts";
 import { parseSourceLine, type Example, type ExampleContext } from "./records.ts";
@@ -228,7 +228,7 @@ export class DataLoader {
       const file = objectUri(this.files.store, key);
       const stream = await this.files.store.getStream(key);
       for await (const source of readLines(stream, this.options.maxLineBytes)) {
-        if (!belongs(key, source.line)) continue;
+        if (isBlankLine(source) || !belongs(key, source.line)) continue;
         counter.read();
         stats.lines++;
         const result = parseSourceLine(source, this.context, this.options.maxLineBytes);

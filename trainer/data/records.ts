@@ -42,7 +42,6 @@ export function parseSourceLine(source: SourceLine, context: ExampleContext, max
 
 /** Parses one JSONL line against the format. Never throws for bad data: a bad line is a `problem`. */
 export function parseLine(text: string, context: ExampleContext): LineResult {
-  if (text.trim() === "") return { problem: "empty line" };
   let value: unknown;
   try {
     value = JSON.parse(text);

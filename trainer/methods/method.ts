@@ -35,8 +35,9 @@ export interface Adapter {
   readonly model: CausalLM;
   /**
    * Logits [batch, seq, vocab] with the adapter applied. Methods that rewrite the inputs
-   * (prompt or prefix tuning) do it here; for the base model alone call
-   * model.forward({ ...inputs, disableAdapters: true }).
+   * (prompt or prefix tuning) do it here, passing the other inputs on to model.forward
+   * (skipOutputHead makes it the final hidden states, for the trainer's chunked loss); for the
+   * base model alone call model.forward({ ...inputs, disableAdapters: true }).
    */
   forward(inputs: ModelInputs): tf.Tensor3D;
   /** The variables the optimizer updates, by stable name, in a fixed order. */

@@ -6,6 +6,7 @@ import {
   forwardContext,
   inputEmbeddings,
   prefixLength,
+  transformerBlock,
   withPrefix,
   type CausalLM,
   type ForwardContext,
@@ -117,9 +118,14 @@ export class Gpt2Model extends FrozenWeightsModel implements CausalLM {
       let h = tf.add(tokens, positions) as tf.Tensor3D;
       const bias = attentionBias(batch, seq, prefix, inputs.attentionMask);
       this.layers.forEach((layer, i) => {
-        h = this.block(layer, i, h, bias, inputs.pastKeyValuesPrefix?.[i], context);
+        const weights = {
+          modules: [layer.attention, layer.attentionProjection, layer.fc, layer.mlpProjection],
+          variables: [layer.ln1.weight, layer.ln1.bias, layer.ln2.weight, layer.ln2.bias],
+        };
+        h = transformerBlock(inputs, weights, h, inputs.pastKeyValuesPrefix?.[i], [bias], (x, prefix, [b]) => this.block(layer, i, x, b, prefix, context));
       });
-      return this.outputHead.forward(layerNorm(h, this.lnF, config.layerNormEps), context) as tf.Tensor3D;
+      const hidden = layerNorm(h, this.lnF, config.layerNormEps);
+      return inputs.skipOutputHead ? hidden : (this.outputHead.forward(hidden, context) as tf.Tensor3D);
     });
   }
 

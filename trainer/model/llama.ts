@@ -6,6 +6,7 @@ import {
   forwardContext,
   inputEmbeddings,
   prefixLength,
+  transformerBlock,
   withPrefix,
   type CausalLM,
   type ForwardContext,
@@ -116,9 +117,16 @@ export class LlamaModel extends FrozenWeightsModel implements CausalLM {
       const bias = attentionBias(batch, seq, prefix, inputs.attentionMask);
       const rotary = this.rotaryTables(prefix, seq);
       this.layers.forEach((layer, i) => {
-        h = this.block(layer, h, bias, rotary, inputs.pastKeyValuesPrefix?.[i], context);
+        const weights = {
+          modules: [layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down],
+          variables: [layer.inputNorm, layer.postAttentionNorm],
+        };
+        h = transformerBlock(inputs, weights, h, inputs.pastKeyValuesPrefix?.[i], [bias, rotary.cos, rotary.sin], (x, prefix, [b, cos, sin]) =>
+          this.block(layer, x, b, { cos, sin }, prefix, context),
+        );
       });
-      return this.outputHead.forward(rmsNorm(h, this.norm, config.rmsNormEps), context) as tf.Tensor3D;
+      const hidden = rmsNorm(h, this.norm, config.rmsNormEps);
+      return inputs.skipOutputHead ? hidden : (this.outputHead.forward(hidden, context) as tf.Tensor3D);
     });
   }
 

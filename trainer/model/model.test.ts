@@ -195,6 +195,27 @@ describe("model structure", () => {
     expect(fromEmbeddings).toEqual(logitsOf(llama, IDS));
   });
 
+  it("gives the final hidden states with skipOutputHead, to which the output head gives the logits exactly", () => {
+    for (const model of [llama, gpt2]) {
+      const { hidden, logits } = tf.tidy(() => {
+        const states = model.forward({ inputIds: tf.tensor2d(IDS.flat(), [2, 7], "int32"), skipOutputHead: true });
+        const context = { training: false, disableAdapters: false };
+        return { hidden: states.shape, logits: model.outputHead.forward(states, context).dataSync() };
+      });
+      expect(hidden).toEqual([2, 7, model.config.hiddenSize]);
+      expect(logits).toEqual(logitsOf(model, IDS));
+    }
+  });
+
+  it("gives the same logits, bit for bit, under gradient checkpointing (which changes only the backward pass), and frees its tensors", () => {
+    for (const model of [llama, gpt2]) {
+      const plain = logitsOf(model, IDS, MASK);
+      const before = tf.memory().numTensors;
+      expect(logitsOf(model, IDS, MASK, { gradientCheckpointing: true })).toEqual(plain);
+      expect(tf.memory().numTensors).toBe(before);
+    }
+  });
+
   it("frees every temporary tensor of a forward pass", () => {
     logitsOf(llama, IDS, MASK);
     const before = tf.memory().numTensors;

@@ -1,5 +1,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { linear } from "../backend/linear.ts";
+import { recomputeInBackward } from "../backend/recompute.ts";
+import type { Rng } from "../random.ts";
 import type { NamedTensor, TensorMap } from "../safetensors/safetensors.ts";
 import type { ModelConfig } from "./config.ts";
 
@@ -16,7 +18,10 @@ export interface CausalLM {
   readonly outputHead: Linear;
   /** Token embeddings [batch, seq, hidden] for ids [batch, seq]; positions are added in forward. */
   embed(inputIds: tf.Tensor2D): tf.Tensor3D;
-  /** Logits [batch, seq, vocab] for the input positions (prefix positions give no logits). */
+  /**
+   * Logits [batch, seq, vocab] for the input positions (prefix positions give no logits): the
+   * output head applied to the final hidden states, which skipOutputHead returns instead.
+   */
   forward(inputs: ModelInputs): tf.Tensor3D;
   /** The weights under their Hugging Face names and layouts, as a model.safetensors would hold them. */
   stateDict(): TensorMap;
@@ -42,6 +47,17 @@ export interface ModelInputs {
   training?: boolean;
   /** Runs the base model alone, bypassing every linear wrapper (e.g. the DPO reference model). */
   disableAdapters?: boolean;
+  /**
+   * Return the final hidden states [batch, seq, hidden] (after the final norm) instead of logits,
+   * leaving outputHead to the caller: the training loss applies it a few positions at a time so
+   * that [positions, vocab] logits never exist at once.
+   */
+  skipOutputHead?: boolean;
+  /**
+   * Keep only each transformer block's input for the backward pass and run the block again
+   * there (recomputeInBackward): less memory for a second forward pass.
+   */
+  gradientCheckpointing?: boolean;
 }
 
 /** Keys and values [batch or 1, numKeyValueHeads, prefixLength, headDim] for one layer. */
@@ -59,6 +75,10 @@ export interface ForwardContext {
 /** What a PEFT method puts around a linear module to change its output (LoRA, DoRA, IA3, adapters). */
 export interface LinearWrapper {
   forward(x: tf.Tensor, module: Linear, context: ForwardContext): tf.Tensor;
+  /** The variables it adds: what gradients reach through a recomputed block or the chunked loss. */
+  variables(): tf.Variable[];
+  /** The generator it draws random numbers from (dropout masks), if any, for recomputation to replay. */
+  readonly rng?: Rng;
 }
 
 /**
@@ -93,6 +113,12 @@ export class Linear {
   forward(x: tf.Tensor, context: ForwardContext): tf.Tensor {
     if (this.wrapper && !context.disableAdapters) return this.wrapper.forward(x, this, context);
     return this.base(x);
+  }
+
+  /** The variables of this module and its wrapper that are trained. */
+  trainableVariables(): tf.Variable[] {
+    const variables: tf.Variable[] = [this.kernel, ...(this.bias ? [this.bias] : []), ...(this.wrapper?.variables() ?? [])];
+    return variables.filter((variable) => variable.trainable);
   }
 
   /** A kernel of this module ([in, out]) in the layout Hugging Face stores this module's weight in. */
@@ -217,6 +243,39 @@ export function withPrefix(prefix: tf.Tensor4D | undefined, tensor: tf.Tensor4D)
   const batch = tensor.shape[0];
   const broadcast = prefix.shape[0] === batch ? prefix : tf.tile(prefix, [batch, 1, 1, 1]);
   return tf.concat([broadcast, tensor], 2);
+}
+
+/**
+ * One transformer block, `block(h, prefix, constants)`, run under gradient checkpointing when the
+ * inputs ask for it. `modules` are its linear modules and `variables` its other weights (norms):
+ * gradients reach those that are trained through the recomputation, and the random generators
+ * of the modules' wrappers are replayed. `constants` are the tensors from outside the block that
+ * need no gradient (attention bias, rotary tables); block must read them from its argument,
+ * which holds copies kept for the recomputation. A layer's prefix carries gradients (prefix
+ * tuning), so it goes in as an input of the recomputation.
+ */
+export function transformerBlock<C extends tf.Tensor[]>(
+  inputs: ModelInputs,
+  weights: { modules: readonly Linear[]; variables: readonly tf.Variable[] },
+  h: tf.Tensor3D,
+  prefix: KeyValuePrefix | undefined,
+  constants: [...C],
+  block: (h: tf.Tensor3D, prefix: KeyValuePrefix | undefined, constants: C) => tf.Tensor3D,
+): tf.Tensor3D {
+  if (!inputs.gradientCheckpointing) return block(h, prefix, constants as C);
+  const { modules } = weights;
+  const variables = [...weights.variables, ...modules.flatMap((module) => module.trainableVariables())];
+  const generators = modules.flatMap((module) => (module.wrapper?.rng ? [module.wrapper.rng] : []));
+  const blockInputs = prefix ? [h, prefix.key, prefix.value] : [h];
+  return recomputeInBackward(
+    (...tensors) => {
+      const [x, key, value] = tensors.slice(0, blockInputs.length);
+      const blockPrefix = key && value ? { key: key as tf.Tensor4D, value: value as tf.Tensor4D } : undefined;
+      return block(x as tf.Tensor3D, blockPrefix, tensors.slice(blockInputs.length) as C);
+    },
+    blockInputs,
+    { constants, variables, generators },
+  );
 }
 
 /**

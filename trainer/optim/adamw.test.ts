@@ -65,13 +65,19 @@ describe("AdamW", () => {
 describe("clipByGlobalNorm", () => {
   it("scales gradients to the maximum norm and reports the norm before", () => {
     const { gradients, norm } = clipByGlobalNorm([tf.tensor1d([3]), tf.tensor1d([4])], 1);
-    expect(norm).toBeCloseTo(5, 6);
+    expect(norm.dataSync()[0]).toBeCloseTo(5, 6);
     expect(gradients[0]!.dataSync()[0]).toBeCloseTo(0.6, 5);
     expect(gradients[1]!.dataSync()[0]).toBeCloseTo(0.8, 5);
   });
 
-  it("leaves gradients under the maximum alone", () => {
+  it("leaves gradients under the maximum bit for bit alone", () => {
     const { gradients } = clipByGlobalNorm([tf.tensor1d([0.3, 0.4])], 1);
-    expect([...gradients[0]!.dataSync()].map((x) => Number(x.toFixed(6)))).toEqual([0.3, 0.4]);
+    expect(gradients[0]!.dataSync()).toEqual(Float32Array.from([0.3, 0.4]));
+  });
+
+  it("leaves gradients alone and still reports the norm with clipping off (maxNorm 0)", () => {
+    const { gradients, norm } = clipByGlobalNorm([tf.tensor1d([30, 40])], 0);
+    expect(norm.dataSync()[0]).toBeCloseTo(50, 4);
+    expect(gradients[0]!.dataSync()).toEqual(Float32Array.from([30, 40]));
   });
 });

@@ -88,12 +88,15 @@ export class AdamW {
 }
 
 /**
- * Scales gradients so their global L2 norm is at most maxNorm (torch.nn.utils.clip_grad_norm_).
- * Returns the clipped gradients and the norm before clipping.
+ * Scales gradients so their global L2 norm is at most maxNorm, as torch.nn.utils.clip_grad_norm_
+ * does: by min(1, maxNorm / (norm + 1e-6)). Returns the clipped gradients and the norm before
+ * clipping, a scalar left on the device so that reading it does not stall the step on its own.
  */
-export function clipByGlobalNorm(gradients: tf.Tensor[], maxNorm: number): { gradients: tf.Tensor[]; norm: number } {
-  const norm = tf.tidy(() => tf.sqrt(tf.addN(gradients.map((gradient) => tf.sum(tf.square(gradient))))).dataSync()[0]!);
-  if (!(maxNorm > 0) || norm <= maxNorm) return { gradients: gradients.map((gradient) => tf.clone(gradient)), norm };
-  const scale = maxNorm / (norm + 1e-6);
-  return { gradients: gradients.map((gradient) => tf.mul(gradient, scale)), norm };
+export function clipByGlobalNorm(gradients: tf.Tensor[], maxNorm: number): { gradients: tf.Tensor[]; norm: tf.Scalar } {
+  return tf.tidy(() => {
+    const norm = tf.sqrt(tf.addN(gradients.map((gradient) => tf.sum(tf.square(gradient))))) as tf.Scalar;
+    if (!(maxNorm > 0)) return { gradients: gradients.map((gradient) => tf.clone(gradient)), norm };
+    const scale = tf.minimum(tf.div(maxNorm, tf.add(norm, 1e-6)), 1);
+    return { gradients: gradients.map((gradient) => tf.mul(gradient, scale)), norm };
+  });
 }

@@ -1,3 +1,4 @@
+import type { BackendInfo } from "../backend/backend.ts";
 import type { EvalRecord, StepRecord, TrainingState } from "../train/loop.ts";
 
 /** training_metrics.json: what a run did and how well, for people and dashboards. */
@@ -6,8 +7,10 @@ export interface TrainingMetrics {
   method: string;
   baseModel: string;
   architecture: string;
-  /** The tfjs backend the steps ran on: tensorflow (tfjs-node-gpu), wasm or cpu. */
+  /** The tfjs backend the steps ran on: tensorflow (native TensorFlow), wasm or cpu. */
   backend: string;
+  /** Where it computed (GPU name and memory, or CPU threads) and why this backend was chosen. */
+  compute: BackendInfo;
   trainableParameters: number;
   /** Base model parameters plus the trainable ones. */
   totalParameters: number;
@@ -41,7 +44,7 @@ export interface MetricsContext {
   method: string;
   baseModel: string;
   architecture: string;
-  backend: string;
+  backend: BackendInfo;
   trainableParameters: number;
   baseParameters: number;
   batchSize: number;
@@ -57,7 +60,8 @@ export function trainingMetrics(state: TrainingState, context: MetricsContext): 
     method: context.method,
     baseModel: context.baseModel,
     architecture: context.architecture,
-    backend: context.backend,
+    backend: context.backend.name,
+    compute: context.backend,
     trainableParameters: context.trainableParameters,
     totalParameters,
     trainableShare: totalParameters > 0 ? context.trainableParameters / totalParameters : 0,

@@ -46,12 +46,30 @@ export function loadableBy(adapterConfig: Record<string, unknown>, merged: boole
   return servers;
 }
 
-/** adapter_config.json and adapter_model.safetensors, byte-identical for identical adapter weights. */
-export function adapterFiles(adapter: Adapter): Record<string, Buffer | string> {
+/**
+ * adapter_config.json and adapter_model.safetensors, byte-identical for identical adapter
+ * weights. Where the base model was read from (baseModel.uri as the spec writes it) goes into
+ * the safetensors header's __metadata__ as base_model_uri: adapter_config.json holds the name
+ * PEFT loads, and some PEFT versions refuse keys they do not know there.
+ */
+export function adapterFiles(adapter: Adapter, baseModelUri?: string): Record<string, Buffer | string> {
   return {
     [ADAPTER_CONFIG_FILE]: `${JSON.stringify(adapter.adapterConfig(), null, 2)}\n`,
-    [ADAPTER_WEIGHTS_FILE]: writeSafetensors(adapter.exportTensors()),
+    [ADAPTER_WEIGHTS_FILE]: writeSafetensors(adapter.exportTensors(), baseModelUri === undefined ? {} : { metadata: { base_model_uri: baseModelUri } }),
   };
+}
+
+/**
+ * The base model as adapter_config.json's base_model_name_or_path names it, for PEFT's
+ * AutoPeftModel to load: baseModel.name, else the folder's config.json `_name_or_path` (the
+ * name Transformers saved it under), else `uri` itself (a local path loads on the same machine;
+ * an s3:// URI does not, and baseModel.name should be set).
+ */
+export async function baseModelName(name: string | undefined, uri: string, model: ObjectStore): Promise<string> {
+  if (name !== undefined) return name;
+  // The model loader has read and checked config.json already.
+  const saved = (JSON.parse((await model.get("config.json")).toString("utf8")) as { _name_or_path?: unknown })._name_or_path;
+  return typeof saved === "string" && saved !== "" ? saved : uri;
 }
 
 /** training_metrics.json and the loss plot (train loss per step, eval loss as dots). */

@@ -73,15 +73,23 @@ describe("preflight", () => {
 
   it("judges the sample by the bad-line policy: skip tolerates what the limits allow", async () => {
     const { data, input } = await setup();
-    data.putLines("train.jsonl", [GOOD, GOOD, GOOD, GOOD, "", GOOD]);
+    data.putLines("train.jsonl", [GOOD, GOOD, GOOD, GOOD, "not json", GOOD]);
     expect(await preflight({ ...input, dataset: { ...input.dataset, badLines: "skip", maxBadFraction: 0.2 } })).toEqual([]);
     expect(await preflight({ ...input, dataset: { ...input.dataset, badLines: "skip", maxBadLines: 0 } })).toEqual([
       {
         reason: "InvalidDataset",
         message:
-          "too many bad lines in the first 100 lines of s3://data/sets/train.jsonl: 1 of 5 lines read (20.0%), more than maxBadLines (0); the first:\n  s3://data/sets/train.jsonl:5: empty line",
+          "too many bad lines in the first 100 lines of s3://data/sets/train.jsonl: 1 of 5 lines read (20.0%), more than maxBadLines (0); the first:\n  s3://data/sets/train.jsonl:5: invalid JSON (Unexpected token 'o', \"not json\" is not valid JSON)",
       },
     ]);
+  });
+
+  it("passes blank lines over, as training does, and finds a file of blank lines empty", async () => {
+    const { data, input } = await setup();
+    data.putLines("train.jsonl", ["", GOOD, "  ", GOOD]);
+    data.putLines("blank.jsonl", ["", " "]);
+    expect(await preflight(input)).toEqual([]);
+    expect(await preflight({ ...input, datasetKeys: ["blank.jsonl"] })).toEqual([{ reason: "InvalidDataset", message: "s3://data/sets/blank.jsonl: the file is empty" }]);
   });
 
   it("renders chat lines with the model's template, and reports a chat dataset for a model without one", async () => {

@@ -1,7 +1,7 @@
 import { StorageError, joinKey, type ObjectStore } from "../../storage/object-store.ts";
 import { BadLineCounter, DatasetError, formatBadLine } from "../data/bad-lines.ts";
 import { objectUri, resolveDatasetKeys } from "../data/files.ts";
-import { readLines } from "../data/lines.ts";
+import { isBlankLine, readLines } from "../data/lines.ts";
 import { tokenizerMismatch } from "../data/loader.ts";
 import { checkDatasetOptions, resolveDatasetOptions, type DatasetOptions } from "../data/options.ts";
 import { parseSourceLine, type ExampleContext } from "../data/records.ts";
@@ -126,6 +126,7 @@ async function checkDataset(input: PreflightInput, tokenizer: Tokenizer | undefi
       let lines = 0;
       try {
         for await (const source of readLines(await store.getStream(key), options.maxLineBytes)) {
+          if (isBlankLine(source)) continue;
           counter.read();
           const result = parseSourceLine(source, context, options.maxLineBytes);
           if (result.problem !== undefined) counter.report({ file, line: source.line, problem: result.problem });

@@ -36,13 +36,13 @@ export class ProgressReporter {
   }
 
   report(report: ProgressReport): void {
-    const important = report.checkpoint !== undefined || report.outputs !== undefined;
+    const important = report.checkpoint !== undefined || report.outputs !== undefined || report.backend !== undefined;
     const interval = this.options.minIntervalMs ?? 5000;
     if (important) {
       // Checkpoints and outputs go at once, carrying the newest progress with them; they do not
       // restart the throttle window, or frequent checkpoints would starve the progress updates.
-      const { checkpoint: _checkpoint, outputs: _outputs, ...progress } = this.latest ?? { step: report.step };
-      this.latest = { ...progress, ...report, checkpoint: undefined, outputs: undefined };
+      const { checkpoint: _checkpoint, outputs: _outputs, backend: _backend, ...progress } = this.latest ?? { step: report.step };
+      this.latest = { ...progress, ...report, checkpoint: undefined, outputs: undefined, backend: undefined };
       this.pending = undefined;
       this.enqueue({ ...progress, ...report });
       return;

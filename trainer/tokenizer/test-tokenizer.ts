@@ -62,3 +62,79 @@ export async function putTestModel(store: ObjectStore, prefix: string): Promise<
     }),
   );
 }
+
+/**
+ * A SentencePiece-style tokenizer in Llama-2's layout (the layout Mistral's also has): the
+ * normalizer prepends "▁" to the text and writes spaces as "▁", BPE runs with byte fallback,
+ * and the post-processor adds <s>; ChatML's <|im_start|> and <|im_end|> are special tokens. Its merges build each word of `words` as one "▁word" token,
+ * letter by letter; anything else falls back to single letters or bytes. Tokenizing a text's
+ * parts one by one gives other tokens than tokenizing it whole, which is what it is for.
+ */
+export function metaspaceTokenizerFiles(
+  words: readonly string[] = ["What", "is", "the", "capital", "of", "France?", "Paris.", "Paris", "Answer:", "Question:"],
+): { tokenizerJson: object; tokenizerConfig: object } {
+  const vocab: Record<string, number> = {};
+  const add = (token: string): void => {
+    if (!Object.hasOwn(vocab, token)) vocab[token] = Object.keys(vocab).length;
+  };
+  const specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"];
+  for (const special of specials) add(special);
+  for (let byte = 0; byte < 256; byte++) add(`<0x${byte.toString(16).toUpperCase().padStart(2, "0")}>`);
+  add("▁");
+  const merges: string[] = [];
+  for (const word of words) {
+    for (const letter of word) add(letter);
+    let built = "▁";
+    for (const letter of word) {
+      merges.push(`${built} ${letter}`);
+      built += letter;
+      add(built);
+    }
+  }
+  const special = (id: number, content: string) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  const bos = { SpecialToken: { id: "<s>", type_id: 0 } };
+  return {
+    tokenizerJson: {
+      version: "1.0",
+      truncation: null,
+      padding: null,
+      added_tokens: specials.map((content, id) => special(id, content)),
+      normalizer: {
+        type: "Sequence",
+        normalizers: [
+          { type: "Prepend", prepend: "▁" },
+          { type: "Replace", pattern: { String: " " }, content: "▁" },
+        ],
+      },
+      pre_tokenizer: null,
+      post_processor: {
+        type: "TemplateProcessing",
+        single: [bos, { Sequence: { id: "A", type_id: 0 } }],
+        pair: [bos, { Sequence: { id: "A", type_id: 0 } }, bos, { Sequence: { id: "B", type_id: 1 } }],
+        special_tokens: { "<s>": { id: "<s>", ids: [1], tokens: ["<s>"] } },
+      },
+      decoder: {
+        type: "Sequence",
+        decoders: [
+          { type: "Replace", pattern: { String: "▁" }, content: " " },
+          { type: "ByteFallback" },
+          { type: "Fuse" },
+          { type: "Strip", content: " ", start: 1, stop: 0 },
+        ],
+      },
+      model: {
+        type: "BPE",
+        dropout: null,
+        unk_token: "<unk>",
+        continuing_subword_prefix: null,
+        end_of_word_suffix: null,
+        fuse_unk: true,
+        byte_fallback: true,
+        ignore_merges: false,
+        vocab,
+        merges,
+      },
+    },
+    tokenizerConfig: tokenizerConfigJson({ bosToken: "<s>", eosToken: "</s>", addBosToken: true, chatTemplate: TEST_CHAT_TEMPLATE }),
+  };
+}

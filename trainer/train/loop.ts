@@ -37,12 +37,19 @@ export interface TrainingConfig {
   evalEverySteps?: number;
   checkpointEverySteps: number;
   checkpointKeep: number;
+  /** Recompute each transformer block in the backward pass: less memory for one more forward pass. Default false. */
+  gradientCheckpointing?: boolean;
+  /** AdamW's moment decay rates and denominator term; Hugging Face's defaults 0.9, 0.999 and 1e-8 when unset. */
+  adamBeta1?: number;
+  adamBeta2?: number;
+  adamEpsilon?: number;
 }
 
-/** Where checkpoints go: a folder (one path segment) of a store. */
+/** Where checkpoints go: a folder (one path segment) of a store, and the job's identity there (checkpoint.ts). */
 export interface CheckpointLocation {
   store: ObjectStore;
   folder: string;
+  owner: string;
 }
 
 export interface TrainingRun {
@@ -114,7 +121,7 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
 
   // The optimizer sees the adapter's variables only; the base model stays frozen.
   const parameters: Parameter[] = [...adapter.trainableVariables()].map(([name, variable]) => ({ name, variable, decay: decays(name) }));
-  const optimizer = new AdamW(parameters, { weightDecay: config.weightDecay });
+  const optimizer = new AdamW(parameters, { weightDecay: config.weightDecay, beta1: config.adamBeta1, beta2: config.adamBeta2, epsilon: config.adamEpsilon });
   try {
     const { state, resumedFrom } = await startOrResume(run, optimizer);
     const schedule = {
@@ -142,7 +149,7 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
     const checkpoint = async (reason: CheckpointReason): Promise<string> => {
       lastCheckpoint = await saveTrainingCheckpoint(checkpoints, adapter, optimizer, state);
       checkpointedStep = state.step;
-      await pruneCheckpoints(checkpoints.store, config.checkpointKeep, checkpoints.folder);
+      await pruneCheckpoints(checkpoints.store, { ...checkpoints, keep: config.checkpointKeep, newest: state.step });
       run.onProgress?.({ event: "checkpoint", step: state.step, uri: lastCheckpoint, reason });
       return lastCheckpoint;
     };
@@ -155,13 +162,29 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
 
     // The base model's eval loss, the "before" of the loss curve.
     if (state.step === 0 && state.evals.length === 0) await evaluateNow();
+    // The next step's batches are asked for before this step computes, so that reading them (from
+    // S3, say) overlaps the step; the step itself holds the thread, so encoding does not overlap.
+    // The checkpointed data position stays that of the step's own batches.
+    const prefetch = (): Promise<Batch[] | undefined> => {
+      const upcoming = nextStepBatches(batches, config.gradientAccumulation);
+      // A run that stops early never awaits it; its error, if any, is not a crash then.
+      upcoming.catch(() => undefined);
+      return upcoming;
+    };
+    let upcoming = prefetch();
     try {
       while (state.step < state.totalSteps) {
-        const micro = await nextStepBatches(batches, config.gradientAccumulation);
+        const micro = await upcoming;
         if (!micro) break;
+        upcoming = state.step + 1 < state.totalSteps ? prefetch() : Promise.resolve(undefined);
         const learningRate = learningRateAt(state.step, schedule);
         const started = now();
-        const result = trainStep(adapter, micro.map(lmTokens), { optimizer, learningRate, maxGradNorm: config.maxGradNorm });
+        const result = trainStep(adapter, micro.map(lmTokens), {
+          optimizer,
+          learningRate,
+          maxGradNorm: config.maxGradNorm,
+          gradientCheckpointing: config.gradientCheckpointing ?? false,
+        });
         const seconds = now() - started;
 
         const epochBefore = Math.floor(epochOf(state.microBatches));
@@ -214,9 +237,24 @@ function decays(name: string): boolean {
 /** The newest checkpoint restored into the adapter and optimizer, or a fresh state. */
 async function startOrResume(run: TrainingRun, optimizer: AdamW): Promise<{ state: TrainingState; resumedFrom?: string }> {
   const { adapter, config, checkpoints } = run;
-  const saved = await loadLatestCheckpoint<TrainingState>(checkpoints.store, checkpoints.folder);
+  const found = await loadLatestCheckpoint<TrainingState>(checkpoints.store, checkpoints);
+  const uriOf = (prefix: string) => `${checkpoints.store.uri.replace(/\/+$/, "")}/${prefix}`;
+  for (const { prefix, problem } of found.unreadable) {
+    const instead = found.checkpoint ? `resuming from ${uriOf(found.checkpoint.prefix)} instead` : "no older checkpoint is readable: starting at step 0";
+    run.onProgress?.({ event: "warning", reason: "CheckpointUnreadable", message: `checkpoint ${uriOf(prefix)} cannot be read (${problem}); ${instead}` });
+  }
+  if (!found.checkpoint && found.foreign.length > 0) {
+    run.onProgress?.({
+      event: "warning",
+      reason: "OtherCheckpointsIgnored",
+      message:
+        `${uriOf(checkpoints.folder)} holds ${found.foreign.length} checkpoint(s) of other jobs, or of this job with other settings, model or data ` +
+        `(e.g. ${found.foreign.at(-1)!.slice(checkpoints.folder.length + 1)}); they are left alone and training starts at step 0`,
+    });
+  }
+  const saved = found.checkpoint;
   if (saved) {
-    const where = `${checkpoints.store.uri.replace(/\/+$/, "")}/${saved.prefix}`;
+    const where = uriOf(saved.prefix);
     if (saved.state.fingerprint !== run.fingerprint) {
       throw new CheckpointMismatchError(
         `${where}: this checkpoint was written by a job with other settings (model, method, dataset or hyperparameters); ` +
@@ -313,7 +351,7 @@ async function saveTrainingCheckpoint(location: CheckpointLocation, adapter: Ada
     tensors[`optimizer/${parameter.name}/m`] = { shape, data: Float32Array.from(moments[2 * index]!) };
     tensors[`optimizer/${parameter.name}/v`] = { shape, data: Float32Array.from(moments[2 * index + 1]!) };
   });
-  const prefix = await saveCheckpoint(location.store, { step: state.step, tensors, state }, location.folder);
+  const prefix = await saveCheckpoint(location.store, { step: state.step, tensors, state }, location);
   return `${location.store.uri.replace(/\/+$/, "")}/${prefix}`;
 }
 

@@ -1,5 +1,7 @@
 import * as tf from "@tensorflow/tfjs-core";
+import { recordingGradients, valueAndGradients, withoutTape } from "../backend/recompute.ts";
 import { IGNORE_INDEX } from "../data/encode.ts";
+import type { ForwardContext, Linear } from "../model/model.ts";
 
 /**
  * Next-token targets of a batch, as Hugging Face's causal-LM loss takes them: the logits at
@@ -34,37 +36,140 @@ export function nextTokenTargets(labels: Int32Array, rows: number, seqLength: nu
 }
 
 /**
- * Σ over positions with a target of −log softmax(logits)[target], times `scale`, as a scalar.
- *
- * Why a custom gradient: the gradient is simply scale · mask · (softmax − onehot(target)), one
- * pass over [positions, vocab], where differentiating logSoftmax and a one-hot product would
- * build several tensors of that size.
+ * Logits per chunk of positions: 2^24 floats, 64 MiB per [positions, vocab] tensor, of which a
+ * chunk holds about six at its peak. A 151,936-token vocabulary gets 110 positions a chunk; a
+ * small vocabulary gets every position in one chunk.
  */
-export function crossEntropySum(logits: tf.Tensor3D, targets: NextTokenTargets, scale = 1): tf.Scalar {
-  const [rows, seqLength, vocab] = logits.shape;
-  if (targets.ids.length !== rows * seqLength) {
-    throw new Error(`targets hold ${targets.ids.length} positions, logits ${rows} x ${seqLength}`);
+const LOGITS_PER_CHUNK = 2 ** 24;
+
+export interface CrossEntropyOptions {
+  /** Multiplies the sum, e.g. 1 / target tokens of the step for a mean. Default 1. */
+  scale?: number;
+  /** Passed to the output head (training turns on its adapter's dropout). */
+  context?: ForwardContext;
+  /** Positions per chunk; by default as many as fit LOGITS_PER_CHUNK logits. */
+  chunkPositions?: number;
+}
+
+/**
+ * Σ over positions with a target of −log softmax(head(hidden))[target], times `scale`, as a
+ * scalar, from the final hidden states [rows, seqLength, hidden] and the output head.
+ *
+ * Why chunks: logits are [positions, vocab], 311 MB for 512 positions of a 151,936-token
+ * vocabulary, and their softmax and gradient as much again each; tfjs would keep them all until
+ * the backward pass ends. Here the head and the loss run over a few positions at a time, and
+ * while a gradient tape records, each chunk's gradients are taken right away, while its logits
+ * exist: what the backward pass gets is only the gradient for the hidden states [positions,
+ * hidden] and for the head's trainable variables (LoRA on lm_head, say), scaled by the incoming
+ * gradient. Chunks without a target are skipped: they add nothing to the loss or the gradients.
+ */
+export function crossEntropySum(hidden: tf.Tensor3D, head: Linear, targets: NextTokenTargets, options: CrossEntropyOptions = {}): tf.Scalar {
+  const [rows, seqLength, width] = hidden.shape;
+  const positions = rows * seqLength;
+  if (targets.ids.length !== positions) {
+    throw new Error(`targets hold ${targets.ids.length} positions, hidden states ${rows} x ${seqLength}`);
   }
-  const flat = tf.reshape(logits, [rows * seqLength, vocab]) as tf.Tensor2D;
+  const context = options.context ?? { training: false, disableAdapters: false };
+  const scale = options.scale ?? 1;
+  const perChunk = options.chunkPositions ?? Math.max(1, Math.floor(LOGITS_PER_CHUNK / head.outFeatures));
+  const chunks: Array<{ start: number; size: number }> = [];
+  for (let start = 0; start < positions; start += perChunk) {
+    const size = Math.min(perChunk, positions - start);
+    if (targets.mask.subarray(start, start + size).some((m) => m !== 0)) chunks.push({ start, size });
+  }
+  const weights = targets.mask.map((m) => m * scale);
+  const chunkLoss = (x: tf.Tensor2D, { start, size }: { start: number; size: number }) =>
+    rowsCrossEntropySum(head.forward(x, context) as tf.Tensor2D, targets.ids.subarray(start, start + size), weights.subarray(start, start + size));
+  const inputOf = (flat: tf.Tensor2D, { start, size }: { start: number; size: number }) => tf.slice(flat, [start, 0], [size, width]);
+
+  if (!recordingGradients()) {
+    return tf.tidy(() => {
+      const flat = tf.reshape(hidden, [positions, width]) as tf.Tensor2D;
+      return tf.addN([tf.scalar(0), ...chunks.map((chunk) => tf.tidy(() => chunkLoss(inputOf(flat, chunk), chunk)))]);
+    });
+  }
+
+  // Bookkeeping outside the tape: only the op at the end is the outer tape's business.
+  const variables = head.trainableVariables();
+  const { loss, hiddenGradient, variableGradients } = withoutTape(() => tf.tidy(() => {
+    const flat = tf.reshape(hidden, [positions, width]) as tf.Tensor2D;
+    const losses: tf.Tensor[] = [tf.scalar(0)];
+    // dHidden in position order: each chunk's gradient, zeros for the positions skipped.
+    const pieces: tf.Tensor[] = [];
+    const sums: Array<tf.Tensor | null> = variables.map(() => null);
+    let covered = 0;
+    for (const chunk of chunks) {
+      if (chunk.start > covered) pieces.push(tf.zeros([chunk.start - covered, width]));
+      const x = inputOf(flat, chunk);
+      const { value, gradients } = valueAndGradients(() => chunkLoss(x, chunk), [x, ...variables]);
+      x.dispose();
+      const [dx, ...dVariables] = gradients;
+      losses.push(value);
+      pieces.push(dx!);
+      dVariables.forEach((gradient, i) => {
+        const sum = sums[i];
+        if (!gradient || !sum) {
+          sums[i] = gradient ?? sum ?? null;
+          return;
+        }
+        sums[i] = tf.add(sum, gradient);
+        tf.dispose([sum, gradient]);
+      });
+      covered = chunk.start + chunk.size;
+    }
+    if (covered < positions) pieces.push(tf.zeros([positions - covered, width]));
+    return {
+      loss: tf.addN(losses) as tf.Scalar,
+      hiddenGradient: tf.reshape(tf.concat(pieces, 0), hidden.shape),
+      variableGradients: sums.map((sum, i) => sum ?? tf.zerosLike(variables[i]!)),
+    };
+  }));
+
+  // An op from the hidden states and the head's variables to the loss whose gradient is the one
+  // just computed; saved tensors stay until the backward pass ends.
+  const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const save = args.at(-1) as tf.GradSaveFunc;
+    save([hiddenGradient, ...variableGradients]);
+    return {
+      value: tf.clone(loss),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved.map((gradient) => tf.mul(gradient, dy)),
+    };
+  }) as (...tensors: tf.Tensor[]) => tf.Scalar;
+  const value = op(hidden, ...variables);
+  tf.dispose([loss, hiddenGradient, ...variableGradients]);
+  return value;
+}
+
+/**
+ * Σ weights[row] · −log softmax(logits[row])[ids[row]] over the rows of one chunk.
+ *
+ * Why a custom gradient: the gradient is simply weight · (softmax − onehot(target)), one pass
+ * over [rows, vocab], where differentiating logSoftmax and a gather would build several tensors
+ * of that size. The picked entries are found by flat indices row · vocab + id into this chunk
+ * alone, so they stay far below 2^31 whatever the batch (indices over a whole batch of a
+ * 151,936-token vocabulary wrap around at 14,000 positions).
+ */
+function rowsCrossEntropySum(logits: tf.Tensor2D, ids: Int32Array, weights: Float32Array): tf.Scalar {
+  const vocab = logits.shape[1];
   const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
     const [z, save] = args as [tf.Tensor2D, tf.GradSaveFunc];
-    const ids = tf.tensor1d(targets.ids, "int32");
-    const weights = tf.tensor1d(targets.mask.map((m) => m * scale));
+    const rowWeights = tf.tensor1d(weights);
     const logProbabilities = tf.sub(z, tf.logSumExp(z, -1, true));
-    const flatIndices = tf.tensor1d(targets.ids.map((id, position) => position * vocab + id), "int32");
+    const flatIndices = tf.tensor1d(ids.map((id, row) => row * vocab + id), "int32");
     const picked = tf.gather(tf.reshape(logProbabilities, [-1]), flatIndices);
-    save([logProbabilities, ids, weights]);
+    save([logProbabilities, rowWeights]);
     return {
-      value: tf.neg(tf.sum(tf.mul(picked, weights))) as tf.Scalar,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [savedLogProbabilities, savedIds, savedWeights] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
-        const probabilities = tf.exp(savedLogProbabilities);
-        // int32 then cast: the wasm backend's OneHot kernel returns zeros when asked for float32.
-        const oneHot = tf.cast(tf.oneHot(savedIds, vocab), "float32");
-        const rowScale = tf.reshape(tf.mul(savedWeights, dy), [-1, 1]);
-        return [tf.mul(tf.sub(probabilities, oneHot), rowScale)];
-      },
+      value: tf.neg(tf.sum(tf.mul(picked, rowWeights))) as tf.Scalar,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [savedLogProbabilities, savedWeights] = saved as [tf.Tensor2D, tf.Tensor1D];
+          const probabilities = tf.exp(savedLogProbabilities);
+          // int32 then cast: the wasm backend's OneHot kernel returns zeros when asked for float32.
+          const oneHot = tf.cast(tf.oneHot(tf.tensor1d(ids, "int32"), vocab), "float32");
+          const rowScale = tf.reshape(tf.mul(savedWeights, dy), [-1, 1]);
+          return [tf.mul(tf.sub(probabilities, oneHot), rowScale)];
+        }),
     };
   }) as (z: tf.Tensor2D) => tf.Scalar;
-  return op(flat);
+  return op(logits);
 }

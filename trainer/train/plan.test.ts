@@ -15,8 +15,17 @@ describe("planJob", () => {
     const plan = planJob(
       applyDefaults(
         spec({
-          dataset: { train: "s3://data/sets/train.jsonl", eval: "s3://data/sets/eval/eval.jsonl", format: "instruction", maxSeqLength: 256, fields: { prompt: "question", completion: "answer" } },
-          hyperparameters: { maxSteps: 100, batchSize: 4, gradientAccumulation: 2, warmupRatio: 0.1, learningRate: 1e-3, evalEverySteps: 10 },
+          dataset: {
+            train: "s3://data/sets/train.jsonl",
+            eval: "s3://data/sets/eval/eval.jsonl",
+            format: "instruction",
+            maxSeqLength: 256,
+            fields: { prompt: "question", completion: "answer", input: "context" },
+            shuffleBuffer: 500,
+            badLines: "skip",
+            maxBadLineFraction: 0.02,
+          },
+          hyperparameters: { maxSteps: 100, batchSize: 4, gradientAccumulation: 2, warmupRatio: 0.1, learningRate: 1e-3, evalEverySteps: 10, adamBeta1: 0.8, adamBeta2: 0.95, adamEpsilon: 1e-6 },
           method: { type: "lora", lora: { r: 16, targetModules: ["all-linear"] } },
           storage: { endpoint: "http://minio:9000", forcePathStyle: true, secretRef: { name: "s3" } },
         }),
@@ -30,10 +39,14 @@ describe("planJob", () => {
       scheduler: "linear",
       warmupRatio: 0.1,
       weightDecay: 0,
+      adamBeta1: 0.8,
+      adamBeta2: 0.95,
+      adamEpsilon: 1e-6,
       maxGradNorm: 1,
       evalEverySteps: 10,
       checkpointEverySteps: 500,
       checkpointKeep: 2,
+      gradientCheckpointing: false,
     });
     // The API writes all-linear as a list; the method takes PEFT's bare string.
     expect(plan.method).toEqual({ type: "lora", options: { r: 16, alpha: 8, dropout: 0, rsLora: false, targetModules: "all-linear" }, optionsPath: "spec.method.lora" });
@@ -43,12 +56,14 @@ describe("planJob", () => {
       eval: "eval/eval.jsonl",
       options: {
         format: "instruction",
-        fields: { instruction: "question", output: "answer" },
+        fields: { instruction: "question", output: "answer", input: "context" },
         maxSeqLength: 256,
         packing: false,
         seed: 42,
+        shuffleBufferSize: 500,
         evalFraction: 0,
-        badLines: "fail",
+        badLines: "skip",
+        maxBadFraction: 0.02,
         instructionTemplate: RAW_PROMPT_TEMPLATE,
       },
     });

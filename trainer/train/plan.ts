@@ -29,8 +29,28 @@ export interface JobPlan {
   checkpoint: { storeUri: string; folder: string; uri: string };
   storage: Pick<S3Options, "endpoint" | "region" | "forcePathStyle">;
   backend: BackendPreference;
+  /** resources.gpus: a job that asked for GPUs and computes on a CPU says so. */
+  gpusRequested: number;
   /** A hash of every setting that decides the trained numbers, kept in checkpoints. */
   fingerprint: string;
+}
+
+/**
+ * The fingerprint a run's checkpoints carry: the plan's settings and the signatures of its
+ * inputs' contents (storage/signature.ts), so that a model or dataset replaced in place is not
+ * resumed on.
+ */
+export function resumeFingerprint(settings: string, inputSignatures: readonly string[]): string {
+  return hash32(JSON.stringify([settings, inputSignatures])).toString(16).padStart(8, "0");
+}
+
+/**
+ * The owner of a run's checkpoints (checkpoint.ts): what it computes (the resume fingerprint)
+ * and where its result goes. Jobs sharing a checkpoint folder own different checkpoints unless
+ * they are the same job run again.
+ */
+export function checkpointOwner(fingerprint: string, outputUri: string): string {
+  return hash32(JSON.stringify([fingerprint, outputUri])).toString(16).padStart(8, "0");
 }
 
 /** A spec the trainer cannot run, though the API accepts it; the message names the field. */
@@ -40,8 +60,9 @@ export class PlanError extends Error {
 
 /**
  * The instruction format's prompt is the record's prompt field as written: the quickstart and
- * most datasets format the prompt themselves. (The data pipeline also knows Alpaca's template,
- * for records in its instruction/input/output layout.)
+ * most datasets format the prompt themselves. A record's optional input (Alpaca's
+ * instruction/input/output layout) follows it after a blank line, as the API's
+ * dataset.fields.input documents.
  */
 export const RAW_PROMPT_TEMPLATE: InstructionTemplate = { withInput: "{instruction}\n\n{input}", withoutInput: "{instruction}" };
 
@@ -74,8 +95,10 @@ export function planJob(spec: DefaultedFineTuneJobSpec, options: { baseDir?: str
     maxSeqLength: dataset.maxSeqLength,
     packing: dataset.packing,
     seed: h.seed,
+    shuffleBufferSize: dataset.shuffleBuffer,
     evalFraction: dataset.eval === undefined ? (dataset.evalFraction ?? 0) : 0,
     badLines: dataset.badLines,
+    maxBadFraction: dataset.maxBadLineFraction,
     ...(dataset.format === "instruction" ? { instructionTemplate: RAW_PROMPT_TEMPLATE } : {}),
   };
   const training: TrainingConfig = {
@@ -86,10 +109,14 @@ export function planJob(spec: DefaultedFineTuneJobSpec, options: { baseDir?: str
     scheduler: h.scheduler,
     ...(h.warmupRatio !== undefined ? { warmupRatio: h.warmupRatio } : { warmupSteps: h.warmupSteps ?? 0 }),
     weightDecay: h.weightDecay,
+    adamBeta1: h.adamBeta1,
+    adamBeta2: h.adamBeta2,
+    adamEpsilon: h.adamEpsilon,
     maxGradNorm: h.maxGradNorm,
     ...(h.evalEverySteps !== undefined ? { evalEverySteps: h.evalEverySteps } : {}),
     checkpointEverySteps: spec.checkpoint.everySteps,
     checkpointKeep: spec.checkpoint.keep,
+    gradientCheckpointing: spec.trainer.gradientCheckpointing,
   };
   const methodOptions = methodOptionsOf(method as { type: string } & Record<string, unknown>);
   // Settings that change the numbers; where things are and how often they are saved do not.
@@ -110,6 +137,7 @@ export function planJob(spec: DefaultedFineTuneJobSpec, options: { baseDir?: str
       forcePathStyle: spec.storage.forcePathStyle,
     },
     backend: spec.trainer.backend,
+    gpusRequested: spec.resources.gpus,
     fingerprint,
   };
 }
@@ -130,7 +158,7 @@ function methodOptionsOf(method: { type: string } & Record<string, unknown>): un
 
 /** The API names a format's fields after the format (prompt, completion); the data pipeline after its record layout. */
 function dataFields(format: DefaultedFineTuneJobSpec["dataset"]["format"], fields: Record<string, string>): FieldMapping {
-  if (format === "instruction") return { instruction: fields.prompt ?? "prompt", output: fields.completion ?? "completion" };
+  if (format === "instruction") return { instruction: fields.prompt ?? "prompt", output: fields.completion ?? "completion", input: fields.input ?? "input" };
   return { ...fields };
 }
 

@@ -1,3 +1,5 @@
+import type { BackendInfo } from "../backend/backend.ts";
+
 /**
  * What the training loop reports while it runs. `kubetune run` draws a progress bar or prints
  * one JSON line per event; `kubetune train` prints JSON lines, and the operator's progress
@@ -24,6 +26,7 @@ export interface TrainingProgress {
 }
 
 export type ProgressEvent =
+  | ({ event: "backend" } & BackendInfo)
   | {
       event: "start";
       totalSteps: number;
@@ -39,7 +42,16 @@ export type ProgressEvent =
   | { event: "eval"; step: number; evalLoss: number; evalPerplexity: number; evalTokens: number }
   | { event: "checkpoint"; step: number; uri: string; reason: CheckpointReason }
   | { event: "stopped"; step: number; totalSteps: number; checkpoint: string; signal: string }
-  | { event: "done"; step: number; totalSteps: number; outputUri: string; files: string[]; durationSeconds: number };
+  | { event: "done"; step: number; totalSteps: number; outputUri: string; files: string[]; durationSeconds: number }
+  /** Something the user should know that does not stop training; `reason` is CamelCase, fit for a Kubernetes Event. */
+  | { event: "warning"; reason: WarningReason; message: string };
+
+/**
+ * CheckpointUnreadable: the newest checkpoint is corrupt or incomplete and an older one is used.
+ * OtherCheckpointsIgnored: the checkpoint folder holds only other jobs' checkpoints (or this
+ * job's with other settings or data), so training starts at step 0.
+ */
+export type WarningReason = "CheckpointUnreadable" | "OtherCheckpointsIgnored";
 
 /** Why a checkpoint was saved: on schedule, because the trainer was asked to stop, or after the last step. */
 export type CheckpointReason = "interval" | "stop" | "final";

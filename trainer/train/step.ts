@@ -1,6 +1,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { TokenBatch } from "../data/batching.ts";
 import type { Adapter } from "../methods/method.ts";
+import type { ForwardContext } from "../model/model.ts";
 import { clipByGlobalNorm, type AdamW } from "../optim/adamw.ts";
 import { crossEntropySum, nextTokenTargets } from "./loss.ts";
 
@@ -21,6 +22,8 @@ export interface StepOptions {
   learningRate: number;
   /** Clip the global gradient norm to this; 0 turns clipping off. */
   maxGradNorm: number;
+  /** Recompute each transformer block in the backward pass instead of keeping its activations. */
+  gradientCheckpointing?: boolean;
 }
 
 /**
@@ -30,23 +33,48 @@ export interface StepOptions {
  * The loss is averaged over all target tokens of the step, not per micro-batch, so that a step
  * gives the same update however its examples are split into micro-batches (as Hugging Face
  * does since transformers 4.46). Only the adapter's trainable variables get gradients.
+ *
+ * The loss and the gradient norm stay on the device until the end, where they are read together:
+ * one wait for the device per step, not one per micro-batch and another for clipping.
  */
 export function trainStep(adapter: Adapter, microBatches: readonly TokenBatch[], options: StepOptions): StepResult {
   const variables = options.optimizer.parameters.map((parameter) => parameter.variable);
+  const { loss, gradients, targetTokens } = lossAndGradients(adapter, microBatches, variables, options);
+  const clipped = clipByGlobalNorm(gradients, options.maxGradNorm);
+  tf.dispose(gradients);
+  options.optimizer.apply(clipped.gradients, options.learningRate);
+  tf.dispose(clipped.gradients);
+  const [lossValue, gradNorm] = tf.tidy(() => tf.stack([loss, clipped.norm]).dataSync());
+  tf.dispose([loss, clipped.norm]);
+  const tokens = microBatches.reduce((sum, batch) => sum + countTokens(batch), 0);
+  return { loss: lossValue!, gradNorm: gradNorm!, tokens, targetTokens };
+}
+
+/**
+ * The step's mean loss over all its target tokens and its gradients for `variables` (in that
+ * order), summed over the micro-batches, all left on the device.
+ */
+export function lossAndGradients(
+  adapter: Adapter,
+  microBatches: readonly TokenBatch[],
+  variables: readonly tf.Variable[],
+  options: { gradientCheckpointing?: boolean } = {},
+): { loss: tf.Scalar; gradients: tf.Tensor[]; targetTokens: number } {
   const targets = microBatches.map((batch) => nextTokenTargets(batch.labels, batch.rows, batch.seqLength));
   const targetTokens = targets.reduce((sum, target) => sum + target.count, 0);
   // A step without a single target token (possible only in odd packed data) changes nothing.
   const scale = 1 / Math.max(1, targetTokens);
 
   let summed: tf.Tensor[] | undefined;
-  let loss = 0;
+  let loss: tf.Scalar | undefined;
   microBatches.forEach((batch, index) => {
     const { value, grads } = tf.variableGrads(() => {
-      const logits = forwardBatch(adapter, batch, true);
-      return crossEntropySum(logits, targets[index]!, scale);
-    }, variables);
-    loss += value.dataSync()[0]!;
-    value.dispose();
+      const hidden = hiddenStates(adapter, batch, { training: true, gradientCheckpointing: options.gradientCheckpointing ?? false });
+      return crossEntropySum(hidden, adapter.model.outputHead, targets[index]!, { scale, context: TRAINING });
+    }, [...variables]);
+    const previousLoss = loss;
+    loss = previousLoss ? (tf.add(previousLoss, value) as tf.Scalar) : value;
+    if (previousLoss) tf.dispose([previousLoss, value]);
     const gradients = variables.map((variable) => {
       const gradient = grads[variable.name];
       if (!gradient) throw new Error(`no gradient reached trainable variable ${variable.name}; is it used in the forward pass?`);
@@ -60,32 +88,29 @@ export function trainStep(adapter: Adapter, microBatches: readonly TokenBatch[],
       tf.dispose([...previous, ...gradients]);
     }
   });
-  if (!summed) throw new Error("a training step needs at least one micro-batch");
-
-  const clipped = clipByGlobalNorm(summed, options.maxGradNorm);
-  tf.dispose(summed);
-  options.optimizer.apply(clipped.gradients, options.learningRate);
-  tf.dispose(clipped.gradients);
-  const tokens = microBatches.reduce((sum, batch) => sum + countTokens(batch), 0);
-  return { loss, gradNorm: clipped.norm, tokens, targetTokens };
+  if (!summed || !loss) throw new Error("a training step needs at least one micro-batch");
+  return { loss, gradients: summed, targetTokens };
 }
 
 /** Summed next-token loss and target count of one batch, without gradients (evaluation). */
 export function evalBatchLoss(adapter: Adapter, batch: TokenBatch): { lossSum: number; targetTokens: number } {
   const targets = nextTokenTargets(batch.labels, batch.rows, batch.seqLength);
   if (targets.count === 0) return { lossSum: 0, targetTokens: 0 };
-  const lossSum = tf.tidy(() => crossEntropySum(forwardBatch(adapter, batch, false), targets).dataSync()[0]!);
+  const lossSum = tf.tidy(() => crossEntropySum(hiddenStates(adapter, batch, { training: false }), adapter.model.outputHead, targets).dataSync()[0]!);
   return { lossSum, targetTokens: targets.count };
 }
 
-/** The adapter's logits for a token batch. */
-export function forwardBatch(adapter: Adapter, batch: TokenBatch, training: boolean): tf.Tensor3D {
+const TRAINING: ForwardContext = { training: true, disableAdapters: false };
+
+/** The adapter's final hidden states for a token batch; the loss applies the output head. */
+function hiddenStates(adapter: Adapter, batch: TokenBatch, options: { training: boolean; gradientCheckpointing?: boolean }): tf.Tensor3D {
   return tf.tidy(() => {
     const shape: [number, number] = [batch.rows, batch.seqLength];
     return adapter.forward({
       inputIds: tf.tensor2d(batch.inputIds, shape, "int32"),
       attentionMask: tf.tensor2d(batch.attentionMask, shape, "int32"),
-      training,
+      skipOutputHead: true,
+      ...options,
     });
   });
 }

@@ -1,12 +1,13 @@
-import { readFile, rm } from "node:fs/promises";
+import { readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { applyDefaults, type FineTuneJob } from "../../api/index.ts";
 import { LocalObjectStore } from "../../storage/local-store.ts";
 import { selectBackend } from "../backend/backend.ts";
+import { DataLoader } from "../data/loader.ts";
 import { loadModel } from "../model/loader.ts";
-import { JobError, runFineTuneJob, type RunJobOptions, type RunJobResult } from "../run.ts";
+import { runFineTuneJob, type RunJobOptions, type RunJobResult } from "../run.ts";
 import { parseSafetensors, readSafetensors } from "../safetensors/safetensors.ts";
 import { writeTinyJob, type TinyJob } from "../testing/tiny-job.ts";
 import type { ProgressEvent } from "./progress.ts";
@@ -80,9 +81,9 @@ describe("the training loop", () => {
     const interrupted = await tinyJob(STATEFUL);
     const controller = new AbortController();
     const first = await run(interrupted, { signal: controller.signal, onProgress: (event) => event.event === "step" && event.step === 4 && controller.abort() });
-    expect(first.result).toMatchObject({ status: "stopped", step: 4, totalSteps: 8, checkpoint: expect.stringMatching(/checkpoints\/step-00000004$/) });
+    expect(first.result).toMatchObject({ status: "stopped", step: 4, totalSteps: 8, checkpoint: expect.stringMatching(/checkpoints\/step-00000004-[a-z0-9]+$/) });
     const second = await run(interrupted);
-    expect(second.events[0]).toMatchObject({ event: "start", step: 4, resumedFrom: expect.stringMatching(/step-00000004$/) });
+    expect(second.events.find((event) => event.event === "start")).toMatchObject({ event: "start", step: 4, resumedFrom: expect.stringMatching(/step-00000004-[a-z0-9]+$/) });
     expect(second.result.status).toBe("completed");
 
     expect(await output(interrupted, "adapter_model.safetensors")).toEqual(await output(uninterrupted, "adapter_model.safetensors"));
@@ -94,15 +95,39 @@ describe("the training loop", () => {
     expect(steps(straight).map((event) => event.loss)).toEqual(a.loss.map((entry: { loss: number }) => entry.loss));
   });
 
-  it("refuses to continue a checkpoint written with other hyperparameters", async () => {
+  it("asks the loader for each step's batches before the previous step computes (prefetch)", async () => {
+    const job = await tinyJob({ ...STATEFUL, hyperparameters: { ...STATEFUL.hyperparameters, maxSteps: 4, evalEverySteps: 100 }, checkpoint: { everySteps: 100 } });
+    const log: string[] = [];
+    const trainBatches = DataLoader.prototype.trainBatches;
+    let passes = 0;
+    const spy = vi.spyOn(DataLoader.prototype, "trainBatches").mockImplementation(function (this: DataLoader, ...args) {
+      const batches = trainBatches.apply(this, args);
+      // The first pass only counts the batches.
+      if (passes++ === 0) return batches;
+      const next = batches.next.bind(batches);
+      batches.next = () => {
+        log.push("batch");
+        return next();
+      };
+      return batches;
+    });
+    try {
+      await run(job, { onProgress: (event) => event.event === "step" && log.push(`step ${event.step}`) });
+    } finally {
+      spy.mockRestore();
+    }
+    // Two batches a step (gradientAccumulation 2). The first of step n + 1 is asked for before step n
+    // computes; the second once the step has freed the thread. Without prefetch: batch, batch, step 1, ...
+    expect(log).toEqual(["batch", "batch", "batch", "step 1", "batch", "batch", "step 2", "batch", "batch", "step 3", "batch", "step 4"]);
+  });
+
+  it("starts over rather than continue a checkpoint written with other hyperparameters, and leaves that checkpoint alone", async () => {
     const job = await tinyJob();
     await run(job);
-    const changed = run(job, {}, { hyperparameters: { maxSteps: 6, batchSize: 4, learningRate: 0.02, seed: 7 } });
-    await expect(changed).rejects.toBeInstanceOf(JobError);
-    await expect(changed).rejects.toMatchObject({
-      reason: "InvalidSpec",
-      message: expect.stringMatching(/checkpoints\/step-00000006: this checkpoint was written by a job with other settings/),
-    });
+    const changed = await run(job, {}, { hyperparameters: { maxSteps: 6, batchSize: 4, learningRate: 0.02, seed: 7 } });
+    expect(changed.events.find((event) => event.event === "start")).toMatchObject({ step: 0 });
+    expect(changed.events).toContainEqual({ event: "warning", reason: "OtherCheckpointsIgnored", message: expect.stringMatching(/checkpoints holds 2 checkpoint\(s\) of other jobs/) });
+    expect(await readdir(path.join(job.dir, "out/checkpoints"))).toHaveLength(4);
   });
 });
 
@@ -115,7 +140,7 @@ describe("the outputs", () => {
     const model = await loadModel(new LocalObjectStore(path.join(job.dir, "model")));
     const bytes = await output(job, "adapter_model.safetensors");
     const parsed = parseSafetensors(bytes, "adapter_model.safetensors");
-    expect(parsed.metadata).toEqual({ format: "pt" });
+    expect(parsed.metadata).toEqual({ format: "pt", base_model_uri: "model" });
     expect(parsed.entries.size).toBe(2 * 3 * model.config.numLayers);
     for (const [name, entry] of parsed.entries) {
       const match = /^base_model\.model\.(model\.layers\.\d+\.(?:self_attn|mlp)\.\w+)\.lora_([AB])\.weight$/.exec(name);
@@ -131,7 +156,7 @@ describe("the outputs", () => {
     expect(config).toMatchObject({
       peft_type: "LORA",
       task_type: "CAUSAL_LM",
-      base_model_name_or_path: "model",
+      base_model_name_or_path: path.join(job.dir, "model"),
       r: 4,
       lora_alpha: 8,
       lora_dropout: 0,
@@ -150,7 +175,7 @@ describe("the outputs", () => {
     });
 
     const metrics = JSON.parse((await output(job, "training_metrics.json")).toString());
-    expect(metrics).toMatchObject({ method: "lora", backend: "wasm", steps: 8, totalSteps: 8, attempts: 1, trainableParameters: result.outputs.trainableParameters });
+    expect(metrics).toMatchObject({ method: "lora", backend: tf.getBackend(), steps: 8, totalSteps: 8, attempts: 1, trainableParameters: result.outputs.trainableParameters });
     expect(metrics.trainableShare).toBeCloseTo(metrics.trainableParameters / metrics.totalParameters, 12);
     expect(metrics.loss).toHaveLength(8);
     expect(metrics.eval.map((entry: { step: number }) => entry.step)).toEqual([0, 3, 6, 8]);

@@ -1,5 +1,6 @@
 {{- define "kubetune.fullname" -}}{{ printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
-{{- define "kubetune.image" -}}{{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}{{- end -}}
+{{- define "kubetune.imageRef" -}}{{ printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}{{- end -}}
+{{- define "kubetune.image" -}}{{ include "kubetune.imageRef" (dict "image" .Values.image "root" .) }}{{- end -}}
 {{- define "kubetune.labels" -}}
 app.kubernetes.io/name: kubetune
 app.kubernetes.io/instance: {{ .Release.Name }}

@@ -22,7 +22,7 @@ export class LoraLayer implements LinearWrapper {
     readonly r: number,
     readonly scale: number,
     readonly dropout: number,
-    private readonly rng: Rng,
+    readonly rng: Rng,
   ) {
     const bound = 1 / Math.sqrt(module.inFeatures);
     const initialA = rng.fillUniform(new Float32Array(module.inFeatures * r), -bound, bound);
@@ -34,6 +34,10 @@ export class LoraLayer implements LinearWrapper {
     const input = context.training && this.dropout > 0 ? this.applyDropout(x) : x;
     const update = linear(linear(input, this.a), this.b);
     return tf.add(module.base(x), tf.mul(update, this.scale));
+  }
+
+  variables(): tf.Variable[] {
+    return [this.a, this.b];
   }
 
   /** The module's kernel with the update folded in: W' = W + s · B A (in kernel layout, [in, out]). */
