@@ -11,10 +11,11 @@
 //
 // Like is compared with like: each backend's ratio is to PyTorch on the same number of threads
 // (wasm computes on one thread in Node; TensorFlow on every core), and PyTorch on every core is
-// reported beside it. The same run measures the machine's float32 matmul rate (2048^3 products
-// in PyTorch and in each backend), and each step's FLOPs (bench/configs.ts, STEP_FLOPS_FORMULA)
-// per second as a share of it. The first step's loss of each backend is printed beside
-// PyTorch's: the same weights and tokens must give the same loss.
+// reported beside it. The same run measures the machine's float32 matmul rate (2048^3
+// products, before and after the training runs, in PyTorch and in each backend), and reports
+// each step's FLOPs (bench/configs.ts, STEP_FLOPS_FORMULA) per second as a share of it. The
+// first step's loss of each backend is reported beside PyTorch's: the same weights and tokens
+// must give the same loss.
 //
 // The operator part (bench/operator.ts; --operator-jobs 0 skips it) is reported as `operator`.
 import { spawn } from "node:child_process";
@@ -40,6 +41,8 @@ const { values: args } = parseArgs({
     repeats: { type: "string" },
     python: { type: "string", default: process.env.PYTHON },
     "matmul-size": { type: "string", default: "2048" },
+    // gpu: native TensorFlow on the GPU against PyTorch on CUDA, nothing else (bench/gpu.sh).
+    device: { type: "string", default: "cpu" },
     // The operator's benchmark (bench/operator.ts); 0 skips it.
     "operator-jobs": { type: "string", default: "1000" },
   },
@@ -143,12 +146,16 @@ async function findPython(): Promise<string | Unavailable> {
 }
 
 const python = await findPython();
+// PyTorch's OpenMP threads otherwise spin while they wait for each other; with one more
+// runnable process than cores (any shared machine) that made its 2-thread step 5 to 10 times
+// slower than its 1-thread step here. Sleeping waiters cost a few percent on an idle machine.
+const ompWaitPolicy = process.env.OMP_WAIT_POLICY ?? "PASSIVE";
 const reference = (task: string, options: string[], threads: number) =>
   typeof python === "string"
     ? runJson<TrainFigures & MatmulFigures>(python, [path.join("bench", "reference_lora.py"), task, "--threads", String(threads), ...options], {
         timeoutSeconds: 1800,
         // One thread pool of the given size, not MKL's or OpenMP's own idea of the core count.
-        env: { OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
+        env: { OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads), OMP_WAIT_POLICY: ompWaitPolicy },
       })
     : Promise.resolve(python);
 
@@ -158,25 +165,24 @@ const backendThreads: Record<Backend, number> = { tensorflow: allCores, wasm: 1 
 const backendAbsent = (backend: Backend): Unavailable | undefined =>
   backend === "tensorflow" && !native ? { unavailable: "the native TensorFlow backend is not built (npm run native)" } : undefined;
 const threadCounts = [...new Set([1, allCores])];
-
-// The machine's matmul rate, on each thread count the comparisons use.
 const matmulSize = args["matmul-size"]!;
-log(`matmul ${matmulSize}^3 float32: PyTorch on ${threadCounts.join(" and ")} thread(s), then each backend`);
-const pytorchMatmul: Record<number, Outcome<MatmulFigures>> = {};
-for (const threads of threadCounts) pytorchMatmul[threads] = await reference("matmul", ["--size", matmulSize, "--repeats", "5"], threads);
-const backendMatmul: Partial<Record<Backend, Outcome<MatmulFigures>>> = {};
-for (const backend of backendNames) {
-  const [command, commandArgs] = nodeScript("matmul", ["--backend", backend, "--threads", String(backendThreads[backend]), "--size", matmulSize]);
-  backendMatmul[backend] = backendAbsent(backend) ?? (await runJson<MatmulFigures>(command, [...commandArgs], { timeoutSeconds: 300 }));
+
+interface MatmulRound {
+  pytorch: Record<number, Outcome<MatmulFigures>>;
+  backends: Partial<Record<Backend, Outcome<MatmulFigures>>>;
 }
-// The peak on t threads is the fastest product on at most t threads (t threads can do what fewer do).
-const matmulFigures = [...Object.values(pytorchMatmul), ...Object.values(backendMatmul)].filter(succeeded);
-const peakGflops: Record<number, number> = {};
-for (const threads of threadCounts) {
-  const rates = matmulFigures.filter((figures) => figures.threads <= threads).map((figures) => figures.gflops);
-  if (rates.length > 0) peakGflops[threads] = Math.max(...rates);
+
+/** The machine's matmul rate on each thread count the comparisons use, by PyTorch and by each backend. */
+async function measureMatmul(when: string): Promise<MatmulRound> {
+  log(`matmul ${matmulSize}^3 float32 ${when}: PyTorch on ${threadCounts.join(" and ")} thread(s), then each backend`);
+  const round: MatmulRound = { pytorch: {}, backends: {} };
+  for (const threads of threadCounts) round.pytorch[threads] = await reference("matmul", ["--size", matmulSize, "--repeats", "5"], threads);
+  for (const backend of backendNames) {
+    const [command, commandArgs] = nodeScript("matmul", ["--backend", backend, "--threads", String(backendThreads[backend]), "--size", matmulSize]);
+    round.backends[backend] = backendAbsent(backend) ?? (await runJson<MatmulFigures>(command, [...commandArgs], { timeoutSeconds: 300 }));
+  }
+  return round;
 }
-const machinePeak = peakGflops[allCores];
 
 const protocolOverrides = [
   ...(args.warmup ? ["--warmup", args.warmup] : []),
@@ -194,58 +200,73 @@ async function ensureModel(config: BenchConfig): Promise<string | Failure> {
   return "error" in written ? written : dir;
 }
 
-/** FLOPs per second of a run, as a share of the matmul rate on its thread count and on every core. */
-function withFlops<T extends TrainFigures>(figures: Outcome<T>, flops: number): Outcome<T> {
-  if (!succeeded(figures)) return figures;
-  const gflops = flops / figures.stepSeconds / 1e9;
-  const sameThreads = peakGflops[figures.threads];
-  return {
-    ...figures,
-    achievedGflops: round(gflops, 1),
-    ...(sameThreads ? { flopShareSameThreads: round(gflops / sameThreads, 3) } : {}),
-    ...(machinePeak ? { flopShareMachine: round(gflops / machinePeak, 3) } : {}),
-  };
+interface ConfigRuns {
+  config: BenchConfig;
+  error?: string;
+  pytorch: Record<number, Outcome<TrainFigures>>;
+  backends: Partial<Record<Backend, Outcome<TrainFigures>>>;
+  seconds: number;
 }
 
-async function benchConfig(config: BenchConfig) {
+async function runConfig(config: BenchConfig): Promise<ConfigRuns> {
   const configStarted = performance.now();
-  const flops = stepFlops(config);
+  const runs: ConfigRuns = { config, pytorch: {}, backends: {}, seconds: 0 };
   const dir = await ensureModel(config);
-  const result: Record<string, unknown> = {
-    description: config.description,
-    model: modelFolder(config),
-    tokensPerStep: flops.tokens,
-    stepFlops: flops,
-  };
-  if (typeof dir !== "string") return { ...result, error: dir.error };
+  if (typeof dir !== "string") return { ...runs, error: dir.error };
 
-  const settings = JSON.stringify({ batchSize: config.batchSize, seqLength: config.seqLength, lora: config.lora, seed: config.seed });
+  const settings = JSON.stringify({ batchSize: config.batchSize, seqLength: config.seqLength, lora: config.lora, seed: config.seed, recompute: config.recompute });
   const protocol = (key: "warmup" | "steps" | "repeats") => String(args[key] ?? config.protocol[key]);
   const referenceOptions = ["--model", dir, "--settings", settings, "--warmup", protocol("warmup"), "--steps", protocol("steps"), "--repeats", protocol("repeats")];
-  const pytorch: Record<number, Outcome<TrainFigures>> = {};
-  const backends: Partial<Record<Backend, Outcome<TrainFigures>>> = {};
   // PyTorch and the backends alternate, so that a slow spell of a shared machine hits both.
   const order: Array<number | Backend> = [1, "wasm", allCores, "tensorflow"];
   for (const item of order) {
     if (typeof item === "number") {
-      if (pytorch[item] !== undefined) continue;
+      if (runs.pytorch[item] !== undefined) continue;
       log(`${config.name}: PyTorch on ${item} thread(s)`);
-      pytorch[item] = withFlops(await reference("train", referenceOptions, item), flops.total);
+      runs.pytorch[item] = await reference("train", referenceOptions, item);
     } else if (backendNames.includes(item)) {
       const absent = backendAbsent(item);
       if (!absent) log(`${config.name}: ${item}`);
-      const [command, commandArgs] = nodeScript("train", ["--backend", item, "--config", config.name, "--model", dir, "--threads", String(backendThreads[item]), ...protocolOverrides]);
-      backends[item] = withFlops(absent ?? (await runJson<TrainFigures>(command, [...commandArgs], { timeoutSeconds: 1800 })), flops.total);
+      const [command, commandArgs] = nodeScript("train", ["--backend", item, "--config", config.name, "--model", dir, "--threads", String(backendThreads[item]), ...(config.recompute ? ["--recompute"] : []), ...protocolOverrides]);
+      runs.backends[item] = absent ?? (await runJson<TrainFigures>(command, [...commandArgs], { timeoutSeconds: 1800 }));
     }
   }
+  return { ...runs, seconds: round((performance.now() - configStarted) / 1000) };
+}
 
+/** The fastest product on at most t threads, for each t (t threads can do what fewer do). */
+function peakRates(rounds: MatmulRound[]): Record<number, number> {
+  const figures = rounds.flatMap((one) => [...Object.values(one.pytorch), ...Object.values(one.backends)]).filter(succeeded);
+  const peaks: Record<number, number> = {};
+  for (const threads of threadCounts) {
+    const rates = figures.filter((one) => one.threads <= threads).map((one) => one.gflops);
+    if (rates.length > 0) peaks[threads] = Math.max(...rates);
+  }
+  return peaks;
+}
+
+/** A config's report: each run with its FLOP rate and shares, then the ratios to PyTorch. */
+function summarize(runs: ConfigRuns, peaks: Record<number, number>) {
+  const flops = stepFlops(runs.config);
+  const withFlops = (figures: Outcome<TrainFigures> | undefined) => {
+    if (!succeeded(figures)) return figures;
+    const gflops = flops.total / figures.stepSeconds / 1e9;
+    const sameThreads = peaks[figures.threads];
+    const machine = peaks[allCores];
+    return {
+      ...figures,
+      achievedGflops: round(gflops, 1),
+      ...(sameThreads ? { flopShareSameThreads: round(gflops / sameThreads, 3) } : {}),
+      ...(machine ? { flopShareMachine: round(gflops / machine, 3) } : {}),
+    };
+  };
   const ratios: Partial<Record<Backend, number>> = {};
   const ratiosToAllCores: Partial<Record<Backend, number>> = {};
   const firstStepLossDifference: Partial<Record<Backend, number>> = {};
-  const pytorchAll = pytorch[allCores];
-  for (const [backend, figures] of Object.entries(backends) as Array<[Backend, Outcome<TrainFigures>]>) {
+  const pytorchAll = runs.pytorch[allCores];
+  for (const [backend, figures] of Object.entries(runs.backends) as Array<[Backend, Outcome<TrainFigures>]>) {
     if (!succeeded(figures)) continue;
-    const same = pytorch[figures.threads];
+    const same = runs.pytorch[figures.threads];
     if (succeeded(same)) {
       ratios[backend] = round(figures.tokensPerSecond / same.tokensPerSecond, 3);
       firstStepLossDifference[backend] = Number((figures.firstStepLoss - same.firstStepLoss).toExponential(2));
@@ -253,19 +274,63 @@ async function benchConfig(config: BenchConfig) {
     if (succeeded(pytorchAll)) ratiosToAllCores[backend] = round(figures.tokensPerSecond / pytorchAll.tokensPerSecond, 3);
   }
   return {
-    ...result,
-    ...backends,
-    pytorch: pytorch[1],
-    ...(allCores > 1 ? { pytorchAllCores: pytorchAll } : {}),
+    description: runs.config.description,
+    model: modelFolder(runs.config),
+    tokensPerStep: flops.tokens,
+    stepFlops: flops,
+    ...(runs.error ? { error: runs.error } : {}),
+    ...Object.fromEntries(Object.entries(runs.backends).map(([backend, figures]) => [backend, withFlops(figures)])),
+    pytorch: withFlops(runs.pytorch[1]),
+    ...(allCores > 1 ? { pytorchAllCores: withFlops(pytorchAll) } : {}),
     ratios,
     ratiosToAllCores,
     firstStepLossDifference,
-    seconds: round((performance.now() - configStarted) / 1000),
+    seconds: runs.seconds,
   };
 }
 
-const configs: Partial<Record<ConfigName, Awaited<ReturnType<typeof benchConfig>>>> = {};
-for (const name of configNames) configs[name] = await benchConfig(BENCH_CONFIGS[name]);
+if (args.device === "gpu") {
+  console.log(JSON.stringify(await benchOnGpu()));
+  process.exit(0);
+} else if (args.device !== "cpu") {
+  console.error(`bench: --device ${args.device}: use cpu or gpu`);
+  process.exit(2);
+}
+
+/**
+ * On a GPU machine (bench/gpu.sh): each config once on native TensorFlow's GPU and once on
+ * PyTorch CUDA, same model folder, same protocol; tokens/s, their ratio, first-step losses.
+ */
+async function benchOnGpu() {
+  const configs: Record<string, unknown> = {};
+  for (const name of configNames) {
+    const config = BENCH_CONFIGS[name];
+    const dir = await ensureModel(config);
+    if (typeof dir !== "string") {
+      configs[name] = { error: dir.error };
+      continue;
+    }
+    const settings = JSON.stringify({ batchSize: config.batchSize, seqLength: config.seqLength, lora: config.lora, seed: config.seed, recompute: config.recompute });
+    const protocol = (key: "warmup" | "steps" | "repeats") => String(args[key] ?? config.protocol[key]);
+    log(`${name}: PyTorch on CUDA`);
+    const pytorch = await reference("train", ["--device", "cuda", "--model", dir, "--settings", settings, "--warmup", protocol("warmup"), "--steps", protocol("steps"), "--repeats", protocol("repeats")], 1);
+    log(`${name}: TensorFlow on the GPU`);
+    const [command, commandArgs] = nodeScript("train", ["--backend", "tensorflow", "--device", "gpu", "--config", name, "--model", dir, ...(config.recompute ? ["--recompute"] : []), ...protocolOverrides]);
+    const tensorflow = await runJson<TrainFigures>(command, [...commandArgs], { timeoutSeconds: 1800 });
+    const ratio = succeeded(tensorflow) && succeeded(pytorch) ? round(tensorflow.tokensPerSecond / pytorch.tokensPerSecond, 3) : null;
+    configs[name] = { description: config.description, tensorflow, pytorch, ratio };
+  }
+  return { device: "gpu", configs, seconds: round((performance.now() - started) / 1000) };
+}
+
+// The matmul rate is measured before and after the training runs, and the fastest counts: on a
+// shared machine one measurement can fall in a busy spell.
+const matmulBefore = await measureMatmul("before the training runs");
+const configRuns: ConfigRuns[] = [];
+for (const name of configNames) configRuns.push(await runConfig(BENCH_CONFIGS[name]));
+const matmulAfter = await measureMatmul("after them");
+const peaks = peakRates([matmulBefore, matmulAfter]);
+const configs = Object.fromEntries(configRuns.map((runs) => [runs.config.name, summarize(runs, peaks)])) as Partial<Record<ConfigName, ReturnType<typeof summarize>>>;
 const trainerSeconds = round((performance.now() - started) / 1000);
 
 const operatorJobs = Number(args["operator-jobs"]);
@@ -277,27 +342,48 @@ for (const backend of backendNames) {
   const absent = backendAbsent(backend);
   if (absent) notes.push(`${backend}: ${absent.unavailable}`);
 }
+const matmulRates = (one: MatmulRound) => ({
+  pytorch: Object.fromEntries(Object.entries(one.pytorch).map(([threads, figures]) => [threads, succeeded(figures) ? round(figures.gflops, 1) : figures])),
+  ...Object.fromEntries(Object.entries(one.backends).map(([backend, figures]) => [backend, succeeded(figures) ? { threads: figures.threads, gflops: round(figures.gflops, 1) } : figures])),
+});
 const report = {
-  machine: { cpus: os.availableParallelism(), cpuModel: os.cpus()[0]?.model ?? "unknown", allCoresThreads: allCores, node: process.version,
+  machine: {
+    cpus: os.availableParallelism(),
+    cpuModel: os.cpus()[0]?.model ?? "unknown",
+    allCoresThreads: allCores,
+    node: process.version,
     loadAverageAtStart: loadAverageAtStart.map((value) => round(value, 2)),
     loadAverageAtEnd: os.loadavg().map((value) => round(value, 2)),
   },
   protocol: {
     statistic: "median tokens/s of the repeats; each repeat times `steps` steps after `warmup` untimed ones",
-    byConfig: Object.fromEntries(configNames.map((name) => [name, { ...BENCH_CONFIGS[name].protocol, ...(args.warmup ? { warmup: Number(args.warmup) } : {}), ...(args.steps ? { steps: Number(args.steps) } : {}), ...(args.repeats ? { repeats: Number(args.repeats) } : {}) }])),
+    byConfig: Object.fromEntries(
+      configNames.map((name) => [
+        name,
+        {
+          ...BENCH_CONFIGS[name].protocol,
+          ...(args.warmup ? { warmup: Number(args.warmup) } : {}),
+          ...(args.steps ? { steps: Number(args.steps) } : {}),
+          ...(args.repeats ? { repeats: Number(args.repeats) } : {}),
+        },
+      ]),
+    ),
     threads: { ...Object.fromEntries(backendNames.map((backend) => [backend, backendThreads[backend]])), pytorch: 1, pytorchAllCores: allCores },
+    pytorchOmpWaitPolicy: ompWaitPolicy,
     ratios: "tokens/s of the backend over PyTorch's on the same number of threads; ratiosToAllCores: over PyTorch on every core",
     stepFlops: STEP_FLOPS_FORMULA,
-    matmul: "float32 size^3 products; gflops is the fastest of 5 (a peak rate), by PyTorch and by each backend; peakGflopsByThreads[t] the fastest on at most t threads",
+    matmul:
+      "float32 size^3 products by PyTorch and by each backend, before and after the training runs; gflops is the fastest of 5 (a peak rate); " +
+      "peakGflopsByThreads[t] the fastest of all on at most t threads",
     flopShare:
       "stepFlops / stepSeconds over peakGflopsByThreads on the run's thread count (flopShareSameThreads) and on every core (flopShareMachine); " +
-      "above 1 means the matmul products were slowed by other work on the machine more than the steps were",
+      "above 1 means other work on the machine slowed the matmul products more than the steps",
   },
   matmul: {
     size: Number(matmulSize),
-    pytorch: Object.fromEntries(Object.entries(pytorchMatmul).map(([threads, figures]) => [threads, succeeded(figures) ? round(figures.gflops, 1) : figures])),
-    ...Object.fromEntries(Object.entries(backendMatmul).map(([backend, figures]) => [backend, succeeded(figures) ? { threads: figures.threads, gflops: round(figures.gflops, 1) } : figures])),
-    peakGflopsByThreads: Object.fromEntries(Object.entries(peakGflops).map(([threads, gflops]) => [threads, round(gflops, 1)])),
+    before: matmulRates(matmulBefore),
+    after: matmulRates(matmulAfter),
+    peakGflopsByThreads: Object.fromEntries(Object.entries(peaks).map(([threads, gflops]) => [threads, round(gflops, 1)])),
   },
   configs,
   trainerSeconds,
@@ -335,8 +421,9 @@ function printHuman(): void {
       const ratioText = ratio === undefined ? "" : `, ratio to PyTorch on the same threads ${ratio.toFixed(2)}${toAll === undefined ? "" : ` (to PyTorch on all cores ${toAll.toFixed(2)})`}`;
       line(`tfjs ${backend}`, figures[backend] as Outcome<TrainFigures> | undefined, ratioText);
     }
-    line("PyTorch", figures.pytorch as Outcome<TrainFigures> | undefined);
-    line("PyTorch", figures.pytorchAllCores as Outcome<TrainFigures> | undefined);
+    const pytorch = figures.pytorch as Outcome<TrainFigures> | undefined;
+    line("PyTorch", pytorch);
+    if (!(pytorch && "unavailable" in pytorch)) line("PyTorch", figures.pytorchAllCores as Outcome<TrainFigures> | undefined);
   }
   console.log(`trainer benchmark: ${trainerSeconds} s`);
   for (const note of notes) console.log(`note: ${note}`);

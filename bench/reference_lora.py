@@ -32,6 +32,7 @@ import statistics
 import time
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
@@ -142,12 +143,18 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
         self.tied = c.get("tie_word_embeddings", False)
         self.theta = c.get("rope_theta", 10000.0)
+        self.recompute = False
 
     def forward(self, ids):
         cos, sin = (table.to(ids.device) for table in rotary_tables(ids.shape[1], self.model.layers[0].self_attn.head_dim, self.theta))
         h = self.model.embed_tokens(ids)
         for layer in self.model.layers:
-            h = layer(h, cos, sin)
+            if self.recompute and torch.is_grad_enabled():
+                # Activation recomputation, as the trainer's gradientCheckpointing does it: each
+                # layer keeps only its input and runs again in the backward pass.
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin)
         return self.lm_head(self.model.norm(h))
 
 
@@ -186,6 +193,7 @@ def train(args):
     torch.manual_seed(s["seed"])
     started = time.perf_counter()
     model = load_model(args.model)
+    model.recompute = bool(s.get("recompute", False))
     load_seconds = time.perf_counter() - started
     rss_after_load = peak_rss_mib()
     for parameter in model.parameters():

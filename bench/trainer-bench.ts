@@ -30,6 +30,10 @@ const { values: args, positionals } = parseArgs({
     steps: { type: "string" },
     repeats: { type: "string" },
     size: { type: "string", default: "2048" },
+    // Activation recomputation (gradient checkpointing) in the training step.
+    recompute: { type: "boolean", default: false },
+    // gpu: native TensorFlow on a GPU (selectBackend("gpu"), which fails rather than fall back).
+    device: { type: "string", default: "cpu" },
   },
 });
 
@@ -58,8 +62,8 @@ async function startBackend(): Promise<BackendInfo> {
   if (wanted !== "wasm" && wanted !== "tensorflow") throw new Error(`--backend ${wanted}: use wasm or tensorflow`);
   process.env.KUBETUNE_BACKEND = wanted;
   if (args.threads) process.env.KUBETUNE_THREADS = args.threads;
-  // "cpu": this benchmark compares CPU backends; a GPU build computes on the CPU under it.
-  const backend = await selectBackend("cpu");
+  // "cpu" compares CPU backends (a GPU build computes on the CPU under it); "gpu" insists on one.
+  const backend = await selectBackend(args.device === "gpu" ? "gpu" : "cpu");
   if (backend.name !== wanted) throw new Error(`asked for the ${wanted} backend, got ${backend.name} (${backend.reason})`);
   return backend;
 }
@@ -117,7 +121,7 @@ async function train() {
   const tokens = config.batchSize * config.seqLength;
   const ids = benchTokenIds(tokens, model.config.vocabSize);
   const batch = { rows: config.batchSize, seqLength: config.seqLength, inputIds: ids, attentionMask: new Int32Array(tokens).fill(1), labels: ids };
-  const step = () => trainStep(adapter, [batch], { optimizer, learningRate: 1e-4, maxGradNorm: 1 });
+  const step = () => trainStep(adapter, [batch], { optimizer, learningRate: 1e-4, maxGradNorm: 1, gradientCheckpointing: args.recompute });
 
   stage = "training";
   const firstStarted = performance.now();

@@ -21,6 +21,12 @@ export interface InformerOptions {
   log?: (message: string) => void;
 }
 
+/** Exponential backoff from 250 ms to 30 s with full jitter, so that informers that failed together do not retry together. */
+function backoffMs(failures: number): number {
+  const ceiling = Math.min(30_000, 250 * 2 ** Math.min(failures, 7));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
 function key(object: KubeObject): string {
   return `${object.metadata?.namespace ?? ""}/${object.metadata?.name ?? ""}`;
 }
@@ -121,6 +127,7 @@ export class Informer<T extends KubeObject> {
       try {
         this.watching = true;
         let gone = false;
+        let failed = false;
         await this.client.watch<T & { code?: number; message?: string }>(
           this.options.path,
           {
@@ -133,15 +140,24 @@ export class Informer<T extends KubeObject> {
           (type, object) => {
             if (type === "ERROR") {
               if (object.code === 410) gone = true;
-              else this.options.log?.(`watch ${this.options.path}: ${object.message ?? "error"}`);
+              else {
+                failed = true;
+                this.options.log?.(`watch ${this.options.path}: ${object.message ?? "error"}`);
+              }
               return;
             }
             this.handleEvent(type, object);
           },
           this.abort.signal,
         );
-        failures = 0;
         if (gone) await this.relist();
+        if (failed) {
+          // An error event other than 410 ends the watch at once; re-watching at once would hammer the API server.
+          failures += 1;
+          await this.sleep(backoffMs(failures));
+        } else {
+          failures = 0;
+        }
       } catch (error) {
         if (this.stopped) break;
         this.watching = false;
@@ -151,12 +167,21 @@ export class Informer<T extends KubeObject> {
         } else {
           this.options.log?.(`watch ${this.options.path} failed (${(error as Error).message}); retrying`);
         }
-        const delay = Math.min(30_000, 250 * 2 ** Math.min(failures, 7));
-        await new Promise((resolve) => setTimeout(resolve, delay));
+        await this.sleep(backoffMs(failures));
         if (failures > 1) await this.relist().catch(() => undefined);
       }
     }
     this.watching = false;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.abort.signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        resolve();
+      }, { once: true });
+    });
   }
 
   private handleEvent(type: WatchEventType, object: T): void {

@@ -443,7 +443,7 @@ const specSchema = s
         suspend: s.boolean("True saves a checkpoint, stops the trainer and holds the job; false resumes it. The one field that may change after the start.").default(false),
       })
       .default({}),
-    queueName: s.string("Queue that admits the job: a Kueue LocalQueue, or one of the operator's built-in queues; the default queue when unset.", {
+    queueName: s.string("Queue that admits the job: a Kueue LocalQueue, or one of the operator's built-in queues. Reserved: this version implements no queues and fails a job that sets it with QueueNotSupported.", {
       minLength: 1,
       maxLength: 253,
       pattern: DNS_SUBDOMAIN_PATTERN,

@@ -1,14 +1,15 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { isDeepStrictEqual } from "node:util";
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
-import { ApiError, isNotFound, resourcePath, type KubeClient } from "../../kube/client.ts";
+import { ApiError, isAlreadyExists, isNotFound, resourcePath, type KubeClient, type KubeObject } from "../../kube/client.ts";
 import { Informer } from "../../kube/informer.ts";
 import type { OperatorMetrics } from "../metrics.ts";
 import { progressToken } from "../progress/token.ts";
 import type { EventRecorder } from "../runtime/events.ts";
+import { Expectations } from "../runtime/expectations.ts";
 import { WorkQueue } from "../runtime/workqueue.ts";
-import { decide, type Action, type DecideSettings } from "./decide.ts";
-import { FINALIZER, LABEL_JOB_NAME, TOKEN_SECRET_KEY, tokenSecretName } from "./pods.ts";
+import { decide, decideNameConflict, type Action, type Decision, type DecideSettings } from "./decide.ts";
+import { FINALIZER, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_NAME, TOKEN_SECRET_KEY, tokenSecretName, trainerPodName } from "./pods.ts";
 
 export interface ControllerOptions {
   client: KubeClient;
@@ -35,8 +36,8 @@ export class FineTuneJobController {
   private readonly queue = new WorkQueue({ baseMs: 100, maxMs: 60_000 });
   private workers: Promise<void>[] = [];
   private running = false;
-  /** Secrets this process already made sure of: a cache of work done, not state. */
-  private readonly ensuredSecrets = new Set<string>();
+  /** Pods this process created that the pod cache has not shown yet. */
+  private readonly expectations = new Expectations();
   /** Reconciles completed since start; the benchmark reads it. */
   reconciles = 0;
 
@@ -60,7 +61,7 @@ export class FineTuneJobController {
         update: enqueueJob,
         delete: (job) => {
           options.metrics.removeJob(job.metadata.namespace!, job.metadata.name!);
-          this.ensuredSecrets.delete(job.metadata.uid ?? "");
+          this.expectations.forget(`${job.metadata.namespace}/${job.metadata.name}`);
         },
       });
     }
@@ -68,7 +69,12 @@ export class FineTuneJobController {
       const jobName = pod.metadata?.labels?.[LABEL_JOB_NAME];
       if (jobName) this.queue.add(`${pod.metadata?.namespace}/${jobName}`);
     };
-    for (const informer of this.pods) informer.on({ add: enqueueOwner, update: enqueueOwner, delete: enqueueOwner });
+    const observeCreation = (pod: V1Pod) => {
+      const jobName = pod.metadata?.labels?.[LABEL_JOB_NAME];
+      if (jobName) this.expectations.observed(`${pod.metadata?.namespace}/${jobName}`, pod.metadata!.name!);
+      enqueueOwner(pod);
+    };
+    for (const informer of this.pods) informer.on({ add: observeCreation, update: enqueueOwner, delete: enqueueOwner });
   }
 
   /** Fills the caches; call before start(). */
@@ -133,19 +139,52 @@ export class FineTuneJobController {
   /** One reconcile of one job; returns seconds until it should run again, if a timer is due. */
   private async reconcile(key: string): Promise<number | undefined> {
     const [namespace, name] = key.split("/") as [string, string];
-    const job = this.job(namespace, name);
+    const cached = this.job(namespace, name);
     this.options.metrics.countJobs(this.allJobs());
-    if (!job) return undefined;
+    if (!cached) return undefined;
+    // Our own writes update this copy's resourceVersion, never the cache's object.
+    const job: FineTuneJob = { ...cached, metadata: { ...cached.metadata } };
+    // Pods this process created are not all in the cache yet: deciding now would see them as missing.
+    const pendingMs = this.expectations.pendingMs(key);
+    if (pendingMs > 0) return Math.min(pendingMs, 5000) / 1000;
     const pods = this.pods
       .flatMap((informer) => informer.list())
       .filter((pod) => pod.metadata?.namespace === namespace && pod.metadata?.labels?.[LABEL_JOB_NAME] === name)
       .filter((pod) => pod.metadata?.ownerReferences?.some((owner) => owner.uid === job.metadata.uid));
-    const decision = decide(job, pods, new Date(), this.options.settings);
-    for (const action of decision.actions) await this.act(job, action);
-    if (decision.status && !job.metadata.deletionTimestamp) await this.writeStatus(job, decision.status);
+    let decision = decide(job, pods, new Date(), this.options.settings);
+    if (await this.previousAttemptStillExists(job, pods, decision)) return 1;
+    try {
+      for (const action of decision.actions) await this.act(job, action);
+    } catch (error) {
+      if (!(error instanceof NameConflictError)) throw error;
+      decision = decideNameConflict(job, error.object, new Date());
+    }
+    // Events first: they tell of actions already taken, which a status write refused as stale must not hide.
     for (const event of decision.events) await this.options.events.record(job, event.type, event.reason, event.message);
+    if (decision.status && !job.metadata.deletionTimestamp) await this.writeStatus(job, decision.status);
     this.observeMetrics(job, decision);
     return decision.requeueAfterSeconds;
+  }
+
+  /**
+   * Before a next attempt replaces one whose pod the cache does not show (vanished: deleted or
+   * evicted), a live read makes sure the pod is really gone: a cache filled before a restarted
+   * operator's predecessor created it would otherwise make a duplicate. Only this rare path reads.
+   */
+  private async previousAttemptStillExists(job: FineTuneJob, pods: V1Pod[], decision: Decision): Promise<boolean> {
+    const created = decision.actions.find((action) => action.kind === "createPod" && action.pod.metadata?.labels?.[LABEL_COMPONENT] === "trainer");
+    if (!created || created.kind !== "createPod") return false;
+    const previous = Number(created.pod.metadata?.labels?.[LABEL_ATTEMPT]) - 1;
+    if (previous < 1) return false;
+    const previousName = trainerPodName(job.metadata.name!, previous);
+    if (pods.some((pod) => pod.metadata?.name === previousName)) return false;
+    try {
+      const pod = await this.options.client.get<V1Pod>(resourcePath({ group: "", version: "v1", plural: "pods", namespace: job.metadata.namespace, name: previousName }));
+      return controllerUid(pod) === job.metadata.uid;
+    } catch (error) {
+      if (isNotFound(error)) return false;
+      throw error;
+    }
   }
 
   private async act(job: FineTuneJob, action: Action): Promise<void> {
@@ -156,7 +195,8 @@ export class FineTuneJobController {
     const secretPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name });
     switch (action.kind) {
       case "addFinalizer":
-        await client.patch(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "add", path: "/metadata/finalizers", value: [...(job.metadata.finalizers ?? []), FINALIZER] }], "json");
+        // The status write that follows is conditional on the resourceVersion this write makes.
+        job.metadata.resourceVersion = (await client.patch<FineTuneJob>(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "add", path: "/metadata/finalizers", value: [...(job.metadata.finalizers ?? []), FINALIZER] }], "json")).metadata.resourceVersion;
         return;
       case "removeFinalizer":
         await client
@@ -164,7 +204,6 @@ export class FineTuneJobController {
           .catch(ignoreNotFound);
         return;
       case "ensureTokenSecret": {
-        if (this.ensuredSecrets.has(job.metadata.uid!)) return;
         const secret = {
           apiVersion: "v1",
           kind: "Secret",
@@ -180,25 +219,44 @@ export class FineTuneJobController {
         try {
           await client.create(secretPath(), secret);
         } catch (error) {
-          if (!(error instanceof ApiError && error.status === 409)) throw error;
-          // It exists (an earlier operator, maybe with another key): make sure it holds our token, without reading it.
-          await client.patch(secretPath(secret.metadata.name), { stringData: secret.stringData, metadata: { ownerReferences: secret.metadata.ownerReferences } });
+          if (!isAlreadyExists(error)) throw error;
+          // It exists: if it is this job's (an earlier attempt's, or an earlier operator's with another key), make sure
+          // it holds our token. The test operation makes the write conditional on ownership, without reading the Secret.
+          const token = Buffer.from(secret.stringData[TOKEN_SECRET_KEY]).toString("base64");
+          try {
+            await client.patch(secretPath(secret.metadata.name), [{ op: "test", path: "/metadata/ownerReferences/0/uid", value: job.metadata.uid }, { op: "add", path: `/data/${TOKEN_SECRET_KEY}`, value: token }], "json");
+          } catch (patchError) {
+            if (patchError instanceof ApiError && patchError.status === 422) throw new NameConflictError({ kind: "Secret", name: secret.metadata.name });
+            throw patchError;
+          }
         }
-        this.ensuredSecrets.add(job.metadata.uid!);
         return;
       }
       case "deleteTokenSecret":
         await client.delete(secretPath(tokenSecretName(job.metadata.name!))).catch(ignoreNotFound);
-        this.ensuredSecrets.delete(job.metadata.uid!);
         return;
-      case "createPod":
+      case "createPod": {
+        const key = `${namespace}/${job.metadata.name}`;
+        const podName = action.pod.metadata!.name!;
+        this.expectations.expectCreation(key, podName);
         try {
           await client.create(podPath(), action.pod);
         } catch (error) {
-          // Deterministic names: a pod made by an earlier reconcile (or operator) is adopted, not duplicated.
-          if (!(error instanceof ApiError && error.status === 409)) throw error;
+          if (!isAlreadyExists(error)) {
+            this.expectations.observed(key, podName);
+            throw error;
+          }
+          // Deterministic names: a pod of ours made by an earlier reconcile (or operator) is adopted, not duplicated;
+          // one that is not ours is never adopted.
+          const existing = await client.get<V1Pod>(podPath(podName)).catch((readError: unknown) => (isNotFound(readError) ? undefined : Promise.reject(readError)));
+          if (existing && controllerUid(existing) !== job.metadata.uid) {
+            this.expectations.observed(key, podName);
+            throw new NameConflictError({ kind: "Pod", name: podName, owner: ownerName(existing) });
+          }
+          if (existing && existing.metadata?.labels?.[LABEL_JOB_NAME] !== job.metadata.name) this.expectations.observed(key, podName);
         }
         return;
+      }
       case "deletePod":
         await client.delete(podPath(action.name)).catch(ignoreNotFound);
         return;
@@ -214,7 +272,9 @@ export class FineTuneJobController {
     const changed = Object.fromEntries(Object.entries(status).filter(([field, value]) => !isDeepStrictEqual(current[field], value)));
     if (Object.keys(changed).length === 0) return;
     const statusPath = resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace: job.metadata.namespace, name: job.metadata.name, subresource: "status" });
-    await this.options.client.patch(statusPath, { status: changed });
+    // The resourceVersion makes the write conditional: a reconcile that read a stale job gets 409 and runs again on the
+    // fresh one, instead of replacing what was written since (conditions are replaced whole by a merge patch).
+    await this.options.client.patch(statusPath, { metadata: { resourceVersion: job.metadata.resourceVersion }, status: changed });
   }
 
   private observeMetrics(job: FineTuneJob, decision: ReturnType<typeof decide>): void {
@@ -226,7 +286,7 @@ export class FineTuneJobController {
       metrics.jobDuration.observe({ result: after }, (Date.now() - Date.parse(decision.status.startTime)) / 1000);
     }
     const created = decision.actions.find((action) => action.kind === "createPod" && action.pod.metadata?.labels?.["app.kubernetes.io/component"] === "trainer");
-    if (created && !job.status?.startTime && job.metadata.creationTimestamp) {
+    if (created && !job.status?.attempts && job.metadata.creationTimestamp) {
       metrics.queueWait.observe((Date.now() - Date.parse(String(job.metadata.creationTimestamp))) / 1000);
     }
     for (const event of decision.events) if (event.reason === "Retrying") metrics.retries.inc({ reason: /\(([A-Za-z]+):/.exec(event.message)?.[1] ?? "Unknown" });
@@ -241,6 +301,22 @@ function lastProgressOf(status: NonNullable<FineTuneJob["status"]>): Date | unde
     .filter((time): time is string => time !== undefined)
     .map((time) => Date.parse(time));
   return times.length ? new Date(Math.max(...times)) : undefined;
+}
+
+/** An object the job needs exists under its name but is not the job's. */
+class NameConflictError extends Error {
+  constructor(readonly object: { kind: string; name: string; owner?: string }) {
+    super(`${object.kind} ${object.name} exists and is not owned by the job`);
+  }
+}
+
+function controllerUid(object: KubeObject): string | undefined {
+  return object.metadata?.ownerReferences?.find((owner) => owner.controller)?.uid;
+}
+
+function ownerName(object: KubeObject): string | undefined {
+  const owner = object.metadata?.ownerReferences?.find((reference) => reference.controller);
+  return owner ? `${owner.kind} ${owner.name} (uid ${owner.uid})` : undefined;
 }
 
 function ignoreNotFound(error: unknown): void {

@@ -1,7 +1,7 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import type { FineTuneJob } from "../../api/index.ts";
-import { decide, type DecideSettings } from "./decide.ts";
+import { decide, decideNameConflict, type DecideSettings } from "./decide.ts";
 import { FINALIZER, trainerPod, preflightPod } from "./pods.ts";
 import { applyDefaults } from "../../api/index.ts";
 
@@ -56,8 +56,8 @@ describe("decide", () => {
     const fresh = job();
     fresh.metadata.finalizers = [];
     const decision = decide(fresh, [], now, settings);
-    expect(decision.actions.map((action) => action.kind)).toEqual(["addFinalizer", "ensureTokenSecret", "createPod"]);
-    const pod = (decision.actions[2] as { pod: V1Pod }).pod;
+    expect(decision.actions.map((action) => action.kind)).toEqual(["addFinalizer", "createPod"]);
+    const pod = (decision.actions[1] as { pod: V1Pod }).pod;
     expect(pod.metadata?.name).toBe("tune-preflight");
     expect(pod.spec?.containers[0]?.image).toBe("ghcr.io/kubetune/kubetune-operator:test");
     expect(pod.spec?.containers[0]?.resources?.limits?.["nvidia.com/gpu"]).toBeUndefined();
@@ -92,7 +92,7 @@ describe("decide", () => {
   it("reports a running attempt as Running/Training and creates nothing", () => {
     const j = job({ status: { conditions: [preflightPassed], attempts: 1 } });
     const decision = decide(j, [podOf(j, 1, "Running")], now, settings);
-    expect(decision.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret"]);
+    expect(decision.actions.map((action) => action.kind)).toEqual([]);
     expect(decision.status?.conditions?.find((c) => c.type === "Running")).toMatchObject({ status: "True", reason: "Training" });
   });
 
@@ -187,6 +187,84 @@ describe("decide", () => {
     const decision = decide(j, [podOf(j, 1, "Running")], seconds(101), settings);
     expect(decision.status?.conditions?.find((c) => c.type === "Failed")?.reason).toBe("DeadlineExceeded");
     expect(decision.actions).toContainEqual({ kind: "deletePod", name: "tune-train-1" });
+  });
+
+  it("counts activeDeadlineSeconds from when the job became active, preflight included, for a pod that never starts", () => {
+    const j = job({ spec: { runPolicy: { activeDeadlineSeconds: 100 } } });
+    const started = decide(j, [], now, settings);
+    expect(started.status?.startTime).toBe(now.toISOString());
+    const stuck = preflightPod(j, applyDefaults(j.spec), settings);
+    stuck.metadata!.creationTimestamp = now.toISOString() as never;
+    stuck.status = { phase: "Pending", containerStatuses: [{ state: { waiting: { reason: "ContainerCreating" } } } as never] };
+    const later = job({ spec: { runPolicy: { activeDeadlineSeconds: 100 } }, status: started.status });
+    expect(decide(later, [stuck], seconds(101), { ...settings, imagePullTimeoutSeconds: 1000 }).status?.conditions?.find((c) => c.type === "Failed")?.reason).toBe("DeadlineExceeded");
+  });
+
+  it("does not count suspended time against activeDeadlineSeconds: a resume starts the clock again", () => {
+    const suspendedLong = job({ spec: { runPolicy: { activeDeadlineSeconds: 100 } }, status: { conditions: [preflightPassed], phase: "Suspended", attempts: 1, startTime: now.toISOString() } });
+    const resumed = decide(suspendedLong, [], seconds(1000), settings);
+    expect(resumed.status?.phase).toBe("Running");
+    expect(resumed.status?.startTime).toBe(seconds(1000).toISOString());
+    expect(resumed.actions.some((action) => action.kind === "createPod")).toBe(true);
+  });
+
+  it("fails a pod stuck in CreateContainerConfigError after the timeout, naming the missing Secret", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running", startTime: now.toISOString() } });
+    const waiting = { state: { waiting: { reason: "CreateContainerConfigError", message: 'secret "s3-creds" not found' } } } as never;
+    const pod = podOf(j, 1, "Pending", { containerStatuses: [waiting] });
+    expect(decide(j, [pod], seconds(30), settings).status?.phase).toBe("Running");
+    const failedCondition = decide(j, [pod], seconds(61), settings).status?.conditions?.find((c) => c.type === "Failed");
+    expect(failedCondition).toMatchObject({ reason: "ContainerConfigError", message: expect.stringContaining('secret "s3-creds" not found') });
+  });
+
+  it("makes the token Secret again when the pod waits for it, and with every new attempt", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running", startTime: now.toISOString() } });
+    const waiting = { state: { waiting: { reason: "CreateContainerConfigError", message: 'secret "tune-progress" not found' } } } as never;
+    expect(decide(j, [podOf(j, 1, "Pending", { containerStatuses: [waiting] })], seconds(5), settings).actions).toContainEqual({ kind: "ensureTokenSecret" });
+    const next = decide(j, [failed(j, 1, { exitCode: 1 }, 0, seconds(-1000))], now, settings);
+    expect(next.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret", "createPod"]);
+  });
+
+  it("keeps the failure count in status: deleting the pods does not reset backoffLimit", () => {
+    const j = job({ spec: { runPolicy: { backoffLimit: 5 } }, status: { conditions: [preflightPassed], attempts: 3, failedAttempts: 2, phase: "Running" } });
+    // Someone deleted every pod: the next attempt still knows of the two failures.
+    const decision = decide(j, [], now, settings);
+    expect(decision.status).toMatchObject({ attempts: 4, failedAttempts: 2 });
+    const pod = (decision.actions.find((action) => action.kind === "createPod") as { pod: V1Pod }).pod;
+    expect(pod.metadata?.annotations?.["kubetune.io/failures-before"]).toBe("2");
+  });
+
+  it("counts a failed attempt once while it waits for its backoff, however often it reconciles", () => {
+    const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running" } });
+    const first = decide(j, [failed(j, 1, { exitCode: 1 })], now, settings);
+    expect(first.status?.failedAttempts).toBe(1);
+    const again = decide(job({ status: first.status }), [failed(j, 1, { exitCode: 1 })], seconds(1), settings);
+    expect(again.status?.failedAttempts).toBe(1);
+  });
+
+  it("sets PreflightChecked to False with the preflight's failure reason", () => {
+    const j = job();
+    const pod = preflightPod(j, applyDefaults(j.spec), settings);
+    pod.status = { phase: "Failed", containerStatuses: [{ state: { terminated: { exitCode: 1, message: "ModelNotFound: s3://models/smollm holds no config.json" } } } as never] };
+    const decision = decide(job({ status: { conditions: [{ type: "PreflightChecked", status: "False", reason: "PreflightRunning", message: "", lastTransitionTime: now.toISOString() }] } }), [pod], now, settings);
+    expect(decision.status?.conditions?.find((c) => c.type === "PreflightChecked")).toMatchObject({ status: "False", reason: "ModelNotFound", message: expect.stringContaining("config.json") });
+  });
+
+  it("fails with NameConflict naming an object the job does not own, and never deletes that Secret later", () => {
+    const j = job({ status: { phase: "Pending" } });
+    const decision = decideNameConflict(j, { kind: "Secret", name: "tune-progress" }, now);
+    expect(decision.status?.phase).toBe("Failed");
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "NameConflict", message: expect.stringContaining("Secret team-a/tune-progress already exists") });
+    expect(decision.events).toEqual([expect.objectContaining({ type: "Warning", reason: "NameConflict" })]);
+    const deleting = job({ deleting: true, status: decision.status });
+    expect(decide(deleting, [], now, settings).actions).toEqual([{ kind: "removeFinalizer" }]);
+  });
+
+  it("refuses a job that names a queue, with QueueNotSupported, before any pod exists", () => {
+    const decision = decide(job({ spec: { queueName: "team-a-gpus" } }), [], now, settings);
+    expect(decision.status?.phase).toBe("Failed");
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "QueueNotSupported", message: expect.stringContaining('"team-a-gpus"') });
+    expect(decision.actions.some((action) => action.kind === "createPod")).toBe(false);
   });
 
   it("refuses an invalid spec with InvalidSpec naming each field, even if the API server let it in", () => {

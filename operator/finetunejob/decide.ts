@@ -21,6 +21,7 @@ import {
   LABEL_COMPONENT,
   preflightPod,
   preflightPodName,
+  tokenSecretName,
   trainerPod,
   trainerPodName,
   type PodSettings,
@@ -36,7 +37,7 @@ import {
 export interface DecideSettings extends PodSettings {
   /** Run a CPU-only preflight pod before the first trainer pod. */
   preflight: boolean;
-  /** A pod stuck pulling its image this long fails the job with ImagePullFailed. */
+  /** A pod stuck pulling its image (ImagePullFailed) or configuring its container (ContainerConfigError) this long fails the job. */
   imagePullTimeoutSeconds: number;
   /** A pod the scheduler cannot place this long fails the job with Unschedulable. */
   unschedulableTimeoutSeconds: number;
@@ -102,7 +103,9 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   if (job.metadata.deletionTimestamp) {
     // Deleted: stop every pod (graceful, so the trainer checkpoints), then let the job go.
     for (const pod of pods) if (!pod.metadata?.deletionTimestamp) actions.push({ kind: "deletePod", name: pod.metadata!.name! });
-    if (pods.length === 0) actions.push({ kind: "deleteTokenSecret" }, { kind: "removeFinalizer" });
+    // A job that failed on a name conflict may not own a Secret of that name: owner-reference garbage collection removes ours.
+    const conflicted = current.conditions?.some((condition) => condition.type === "Failed" && condition.reason === "NameConflict");
+    if (pods.length === 0) actions.push(...(conflicted ? [] : [{ kind: "deleteTokenSecret" } as const]), { kind: "removeFinalizer" });
     return { actions, events, requeueAfterSeconds: pods.length ? 2 : undefined };
   }
   if (!job.metadata.finalizers?.includes(FINALIZER)) actions.push({ kind: "addFinalizer" });
@@ -138,9 +141,13 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   const problems = [...validate(job), ...clusterOnlyProblems(job)];
   if (problems.length > 0) return finish("Failed", "InvalidSpec", describeProblems(problems));
   const spec = applyDefaults(job.spec);
+  // Documented but not built yet: running such a job unqueued would break the promise queueName makes (quota, order).
+  if (job.spec?.queueName !== undefined) {
+    return finish("Failed", "QueueNotSupported", `spec.queueName is ${JSON.stringify(job.spec.queueName)}, but this operator does not implement queues yet; remove spec.queueName to run the job without a queue`);
+  }
 
   const deadline = spec.runPolicy.activeDeadlineSeconds;
-  if (deadline !== undefined && current.startTime && now.getTime() - Date.parse(current.startTime) > deadline * 1000) {
+  if (deadline !== undefined && current.startTime && current.phase !== "Suspended" && now.getTime() - Date.parse(current.startTime) > deadline * 1000) {
     return finish("Failed", "DeadlineExceeded", `the job ran longer than runPolicy.activeDeadlineSeconds (${deadline}s)`);
   }
 
@@ -157,12 +164,13 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
     return { actions, status, events };
   }
   const resuming = current.phase === "Suspended";
+  // startTime marks when the job became active (preflight included), so that activeDeadlineSeconds counts every pod,
+  // started or stuck; a resume starts it again, as the Job controller does, so that suspended time does not count.
+  status.startTime = resuming || !current.startTime ? now.toISOString() : current.startTime;
   if (resuming) {
     setCondition("Suspended", "False", "Resumed", "runPolicy.suspend is false: training resumes from the last checkpoint");
     events.push({ type: "Normal", reason: "Resumed", message: "training resumes from the last checkpoint" });
   }
-
-  actions.push({ kind: "ensureTokenSecret" });
 
   // Preflight: check the inputs on a small CPU pod before the first trainer pod holds a GPU.
   const preflightPassed = status.conditions?.some((condition) => condition.type === "PreflightChecked" && condition.status === "True");
@@ -179,10 +187,14 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
       events.push({ type: "Normal", reason: "PreflightPassed", message: "the model, tokenizer and dataset exist and parse" });
     } else if (preflight.status?.phase === "Failed") {
       const outcome = outcomeOf(preflight);
+      setCondition("PreflightChecked", "False", outcome.reason, `preflight: ${outcome.message}`);
       return finish("Failed", outcome.reason, `preflight: ${outcome.message}`);
     } else {
       const stuck = stuckReason(preflight, now, settings);
-      if (stuck) return finish("Failed", stuck.reason, `preflight pod: ${stuck.message}`);
+      if (stuck) {
+        setCondition("PreflightChecked", "False", stuck.reason, `preflight pod: ${stuck.message}`);
+        return finish("Failed", stuck.reason, `preflight pod: ${stuck.message}`);
+      }
       return { actions, status, events, requeueAfterSeconds: stuckCheckDelay(settings) };
     }
   }
@@ -190,13 +202,18 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   const latest = trainers.at(-1);
   const attempt = latest ? attemptOf(latest) : 0;
   status.attempts = Math.max(current.attempts ?? 0, attempt);
-  let failures = latest ? Number(latest.metadata?.annotations?.[ANNOTATION_FAILURES_BEFORE] ?? 0) : 0;
+  // Failures before the newest attempt: its pod's annotation, or status when the pods are gone (deleting them must not
+  // reset backoffLimit). Status may already count a failed newest attempt, so it counts one less then; the larger wins.
+  const statusBefore = Math.max(0, (current.failedAttempts ?? 0) - (latest && isFinished(latest) && outcomeOf(latest).countsAsFailure ? 1 : 0));
+  let failures = Math.max(statusBefore, latest ? Number(latest.metadata?.annotations?.[ANNOTATION_FAILURES_BEFORE] ?? 0) : 0);
   status.failedAttempts = failures;
 
   if (latest && !latest.metadata?.deletionTimestamp && !isFinished(latest)) {
     // An attempt is under way.
     const stuck = stuckReason(latest, now, settings);
     if (stuck) return finish("Failed", stuck.reason, stuck.message);
+    // The token Secret was deleted under a pod that still has to start: make it again (the kubelet retries).
+    if (isWaitingForSecret(latest, tokenSecretName(name))) actions.push({ kind: "ensureTokenSecret" });
     status.phase = "Running";
     const running = latest.status?.phase === "Running";
     setCondition("Running", running ? "True" : "False", running ? "Training" : "PodCreated", running ? `attempt ${attempt} is training` : `attempt ${attempt} is starting`);
@@ -240,16 +257,37 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
 
   // Start the next attempt; it resumes from the newest checkpoint by itself.
   const next = Math.max(attempt, current.attempts ?? 0) + 1;
-  actions.push({ kind: "createPod", pod: trainerPod(job, spec, next, failures, settings) });
+  // The Secret is ensured with every attempt, not once: someone may have deleted it since the last.
+  actions.push({ kind: "ensureTokenSecret" }, { kind: "createPod", pod: trainerPod(job, spec, next, failures, settings) });
   status.attempts = next;
   status.phase = "Running";
-  status.startTime = current.startTime ?? now.toISOString();
   setCondition("Running", "False", "PodCreated", `attempt ${next} is starting`);
   if (retryReason && retryReason !== "Resumed") {
     events.push({ type: "Warning", reason: "Retrying", message: `attempt ${next - 1} ended (${retryReason}: ${retryMessage}); attempt ${next} resumes from the last checkpoint` });
   }
   events.push({ type: "Normal", reason: "PodCreated", message: `created trainer pod ${trainerPodName(name, next)} (attempt ${next})` });
   return { actions, status, events, requeueAfterSeconds: stuckCheckDelay(settings) };
+}
+
+/**
+ * The decision when an object the job needs exists under the job's fixed name but is not the
+ * job's own: fail, naming it, rather than take it over (and later delete it with the job) or
+ * wait for it forever.
+ */
+export function decideNameConflict(job: FineTuneJob, object: { kind: string; name: string; owner?: string }, now: Date): Decision {
+  const current = job.status ?? {};
+  const message = `${object.kind} ${job.metadata.namespace}/${object.name} already exists and belongs to ${object.owner ?? "no FineTuneJob"}, not to this job; the operator does not take it over: delete or rename it, then recreate the job`;
+  let conditions = current.conditions ?? [];
+  for (const type of ["Failed", "Running"] as const) {
+    conditions = withCondition(conditions, { type, status: type === "Failed" ? "True" : "False", reason: "NameConflict", message, lastTransitionTime: now.toISOString(), observedGeneration: job.metadata.generation }, now);
+  }
+  const status: FineTuneJobStatus = { ...current, observedGeneration: job.metadata.generation, phase: "Failed", completionTime: current.completionTime ?? now.toISOString(), conditions };
+  return {
+    actions: [],
+    status: withSummaryConditions(status, job.metadata.generation, now),
+    events: current.phase === "Failed" ? [] : [{ type: "Warning", reason: "NameConflict", message }],
+    requeueAfterSeconds: ttlRemaining(job, status, now),
+  };
 }
 
 /** Rules the schema cannot express: a pod in a cluster cannot read this machine's files. */
@@ -320,6 +358,12 @@ function stuckReason(pod: V1Pod, now: Date, settings: DecideSettings): { reason:
       return { reason: "ImagePullFailed", message: `${waiting.reason}: ${waiting.message ?? ""} (for more than ${settings.imagePullTimeoutSeconds}s); check trainer.image and its pull secret`.trim() };
     }
   }
+  if (waiting?.reason === "CreateContainerConfigError" || waiting?.reason === "CreateContainerError") {
+    // The kubelet sets no startTime on such a pod; the timeout counts from its creation.
+    if (now.getTime() - created > settings.imagePullTimeoutSeconds * 1000) {
+      return { reason: "ContainerConfigError", message: `${waiting.reason}: ${waiting.message ?? ""} (for more than ${settings.imagePullTimeoutSeconds}s); check that the Secrets the job references exist and hold the keys it names`.trim() };
+    }
+  }
   const scheduled = pod.status?.conditions?.find((condition) => condition.type === "PodScheduled");
   if (scheduled?.status === "False" && scheduled.reason === "Unschedulable") {
     const since = Date.parse(String(scheduled.lastTransitionTime ?? created));
@@ -328,6 +372,12 @@ function stuckReason(pod: V1Pod, now: Date, settings: DecideSettings): { reason:
     }
   }
   return undefined;
+}
+
+/** The kubelet cannot start the container because the named Secret is missing. */
+function isWaitingForSecret(pod: V1Pod, secretName: string): boolean {
+  const waiting = pod.status?.containerStatuses?.[0]?.state?.waiting;
+  return waiting?.reason === "CreateContainerConfigError" && (waiting.message ?? "").includes(`"${secretName}"`);
 }
 
 function stuckCheckDelay(settings: DecideSettings): number {

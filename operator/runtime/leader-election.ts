@@ -41,6 +41,9 @@ export class LeaderElector {
   private loop?: Promise<void>;
   private lastRenew = 0;
   private wake?: () => void;
+  /** The lease record last seen (its resourceVersion) and when, by this process's clock. */
+  private observedVersion?: string;
+  private observedAt = 0;
 
   constructor(private readonly options: LeaderElectionOptions) {}
 
@@ -131,8 +134,13 @@ export class LeaderElector {
       }
     }
     const holder = lease.spec.holderIdentity;
-    const renewed = lease.spec.renewTime ? new Date(lease.spec.renewTime).getTime() : 0;
-    const expired = renewed + (lease.spec.leaseDurationSeconds ?? duration) * 1000 < now.getTime();
+    // As client-go: the lease expires a duration after this process last saw its record change, by the local clock.
+    // The holder's renewTime comes from the holder's clock, and a skewed one must not hand the lease over early.
+    if (lease.metadata.resourceVersion !== this.observedVersion) {
+      this.observedVersion = lease.metadata.resourceVersion;
+      this.observedAt = now.getTime();
+    }
+    const expired = !lease.spec.renewTime || this.observedAt + (lease.spec.leaseDurationSeconds ?? duration) * 1000 < now.getTime();
     if (holder && holder !== identity && !expired) return false;
     const takingOver = holder !== identity;
     try {

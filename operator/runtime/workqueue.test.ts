@@ -53,4 +53,17 @@ describe("WorkQueue", () => {
     queue.shutDown();
     expect(await waiting).toBeUndefined();
   });
+
+  it("keeps the earliest of two delays for the same key", async () => {
+    const queue = new WorkQueue();
+    queue.addAfter("a", 60_000);
+    queue.addAfter("a", 20);
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(queue.length).toBe(1);
+    queue.addAfter("b", 20);
+    queue.addAfter("b", 60_000);
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(queue.length).toBe(2);
+    queue.shutDown();
+  });
 });

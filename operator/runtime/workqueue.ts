@@ -9,7 +9,7 @@ export class WorkQueue {
   private readonly dirty = new Set<string>();
   private readonly processing = new Set<string>();
   private readonly failures = new Map<string, number>();
-  private readonly delayed = new Map<string, NodeJS.Timeout>();
+  private readonly delayed = new Map<string, { timer: NodeJS.Timeout; dueAt: number }>();
   private readonly waiters: ((key: string | undefined) => void)[] = [];
   private shuttingDown = false;
 
@@ -29,17 +29,20 @@ export class WorkQueue {
     }
   }
 
-  /** Adds the key after delayMs; an earlier pending delay for the same key wins. */
+  /** Adds the key after delayMs; of two pending delays for the same key, the one due first wins. */
   addAfter(key: string, delayMs: number): void {
     if (this.shuttingDown) return;
     if (delayMs <= 0) return this.add(key);
-    if (this.delayed.has(key)) return;
+    const dueAt = Date.now() + delayMs;
+    const pending = this.delayed.get(key);
+    if (pending && pending.dueAt <= dueAt) return;
+    if (pending) clearTimeout(pending.timer);
     const timer = setTimeout(() => {
       this.delayed.delete(key);
       this.add(key);
     }, delayMs);
     timer.unref();
-    this.delayed.set(key, timer);
+    this.delayed.set(key, { timer, dueAt });
   }
 
   /** Adds the key after its backoff, which doubles with each failure until forget(). */
@@ -86,7 +89,7 @@ export class WorkQueue {
 
   shutDown(): void {
     this.shuttingDown = true;
-    for (const timer of this.delayed.values()) clearTimeout(timer);
+    for (const { timer } of this.delayed.values()) clearTimeout(timer);
     this.delayed.clear();
     for (const waiter of this.waiters.splice(0)) waiter(undefined);
   }

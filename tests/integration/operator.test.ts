@@ -146,6 +146,33 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     await client.delete(jobsPath(namespace, "long-restart"));
   });
 
+  it("fails with NameConflict, and leaves it alone, when a Secret of the job's token name belongs to something else", async () => {
+    const secretPath = resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name: "ok-ncsecret-progress" });
+    await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace }), { apiVersion: "v1", kind: "Secret", metadata: { name: "ok-ncsecret-progress" }, stringData: { token: "someone else's" } });
+    await client.create(jobsPath(namespace), jobManifest("ok-ncsecret"));
+    const done = await waitForPhase("ok-ncsecret", ["Failed", "Succeeded"]);
+    expect(done.status?.conditions?.find((condition) => condition.type === "Failed")).toMatchObject({ reason: "NameConflict", message: expect.stringContaining(`Secret ${namespace}/ok-ncsecret-progress already exists`) });
+    expect(await podsOf("ok-ncsecret")).toEqual([]);
+    await client.delete(jobsPath(namespace, "ok-ncsecret"));
+    await eventually("the job to be gone", async () => getJob("ok-ncsecret").then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)));
+    const secret = await client.get<{ data: Record<string, string>; metadata: { ownerReferences?: unknown[] } }>(secretPath);
+    expect(Buffer.from(secret.data.token!, "base64").toString()).toBe("someone else's");
+    expect(secret.metadata.ownerReferences).toBeUndefined();
+  });
+
+  it("fails with NameConflict when a pod of the job's trainer pod name belongs to something else", async () => {
+    await client.create(podsPath(namespace), {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: "ok-ncpod-train-1" },
+      spec: { containers: [{ name: "main", image: "registry.invalid/other:1" }] },
+    });
+    await client.create(jobsPath(namespace), jobManifest("ok-ncpod"));
+    const done = await waitForPhase("ok-ncpod", ["Failed", "Succeeded"]);
+    expect(done.status?.conditions?.find((condition) => condition.type === "Failed")).toMatchObject({ reason: "NameConflict", message: expect.stringContaining(`Pod ${namespace}/ok-ncpod-train-1 already exists`) });
+    expect((await client.get<V1Pod>(podsPath(namespace, "ok-ncpod-train-1"))).metadata?.ownerReferences).toBeUndefined();
+  });
+
   it("fails a job whose image never pulls, with ImagePullFailed after the timeout", async () => {
     await client.create(jobsPath(namespace), jobManifest("ok-nopull", namespace, { trainer: { image: "registry.invalid/kubetune:none" } }));
     const done = await waitForPhase("ok-nopull", ["Failed"]);

@@ -1,5 +1,6 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { StorageError, type ObjectStore } from "../../storage/object-store.ts";
+import { backendOwned } from "../backend/linear.ts";
 import { entryToFloat32, parseSafetensors, type TensorMap } from "../safetensors/safetensors.ts";
 import { parseModelConfig, type ModelConfig } from "./config.ts";
 import { Gpt2Model, gpt2WeightShapes } from "./gpt2.ts";
@@ -84,7 +85,7 @@ export async function loadWeights(store: ObjectStore, config: ModelConfig): Prom
         }
         const entry = parsed.entries.get(stored)!;
         checkShape(file, stored, entry.shape, shape);
-        weights.set(name, tf.tensor(entryToFloat32(entry, stored, file), shape, "float32"));
+        weights.set(name, backendOwned(tf.tensor(entryToFloat32(entry, stored, file), shape, "float32")));
       }
     }
   } catch (error) {

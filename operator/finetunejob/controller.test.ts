@@ -1,0 +1,160 @@
+import type { V1Pod } from "@kubernetes/client-node";
+import { afterEach, describe, expect, it } from "vitest";
+import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { resourcePath } from "../../kube/client.ts";
+import { FakeKube } from "../../kube/fake.ts";
+import { OperatorMetrics } from "../metrics.ts";
+import { EventRecorder } from "../runtime/events.ts";
+import { FineTuneJobController } from "./controller.ts";
+import type { DecideSettings } from "./decide.ts";
+import { FINALIZER } from "./pods.ts";
+
+const namespace = "team-a";
+const settings: DecideSettings = {
+  defaultImage: "kubetune-trainer:test",
+  progressUrl: "https://operator:8443",
+  terminationGraceSeconds: 30,
+  preflight: false,
+  imagePullTimeoutSeconds: 60,
+  unschedulableTimeoutSeconds: 60,
+  retryBackoffBaseSeconds: 10,
+  retryBackoffMaxSeconds: 300,
+};
+const jobPath = (name?: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name });
+const statusPath = (name: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name, subresource: "status" });
+const podPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "pods", namespace, name });
+const secretPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name });
+
+function manifest(name: string, spec: Record<string, unknown> = {}): FineTuneJob {
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name, namespace, finalizers: [FINALIZER] },
+    spec: {
+      baseModel: { uri: "s3://models/tiny" },
+      dataset: { train: "s3://data/train.jsonl" },
+      method: { type: "lora" },
+      output: { uri: "s3://out/tune" },
+      ...spec,
+    },
+  } as FineTuneJob;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function until<T>(what: string, check: () => T | undefined | Promise<T | undefined>, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+describe("FineTuneJobController against a lagging cache", () => {
+  let controller: FineTuneJobController | undefined;
+  afterEach(async () => {
+    await controller?.stop();
+    controller = undefined;
+  });
+
+  function start(kube: FakeKube, overrides: Partial<DecideSettings> = {}): Promise<void> {
+    const client = kube.asClient();
+    controller = new FineTuneJobController({
+      client,
+      settings: { ...settings, ...overrides },
+      tokenKey: Buffer.alloc(32, 1),
+      metrics: new OperatorMetrics(),
+      events: new EventRecorder(client, "test"),
+      namespaces: [namespace],
+      concurrency: 2,
+      log: () => {},
+    });
+    return controller.sync().then(() => controller!.start());
+  }
+
+  const podCreations = (kube: FakeKube) => kube.calls.filter((call) => call.method === "POST" && call.path === podPath()).map((call) => (call.body as V1Pod).metadata?.name);
+
+  it("creates one trainer pod when the job's new status arrives before the pod cache has the pod", async () => {
+    const kube = new FakeKube();
+    await kube.create(jobPath(), manifest("tune"));
+    kube.holdWatch("pods");
+    await start(kube);
+    await until("status.attempts", () => (kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts ?? 0) >= 1);
+    // The status write came back through the job watch while the pod cache still lacks the pod.
+    await sleep(300);
+    expect(podCreations(kube)).toEqual(["tune-train-1"]);
+    kube.releaseWatch("pods");
+    await sleep(200);
+    expect(podCreations(kube)).toEqual(["tune-train-1"]);
+    expect(kube.storedIn<V1Pod>(podPath()).map((pod) => pod.metadata?.name)).toEqual(["tune-train-1"]);
+  });
+
+  it("reads the pod live before concluding that a pod of a restarted operator's attempt vanished", async () => {
+    const kube = new FakeKube();
+    const job = await kube.create<FineTuneJob>(jobPath(), manifest("tune"));
+    await kube.create(podPath(), {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: {
+        name: "tune-train-1",
+        labels: { "kubetune.io/job-name": "tune", "app.kubernetes.io/component": "trainer", "kubetune.io/attempt": "1" },
+        ownerReferences: [{ apiVersion: API_VERSION, kind: KIND, name: "tune", uid: job.metadata.uid!, controller: true }],
+      },
+    });
+    await kube.patch(statusPath("tune"), { status: { phase: "Running", attempts: 1 } });
+    // This operator's pod cache listed before the pod existed (a restart in between).
+    kube.holdWatch("pods");
+    const listBefore = kube.list.bind(kube);
+    kube.list = (async (path: string, query?: { labelSelector?: string }) => {
+      const result = await listBefore(path, query);
+      return path === podPath() ? { ...result, items: [], metadata: { resourceVersion: "0" } } : result;
+    }) as typeof kube.list;
+    const before = podCreations(kube).length;
+    await start(kube);
+    await sleep(400);
+    expect(podCreations(kube).slice(before)).toEqual([]);
+    expect(kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts).toBe(1);
+  });
+
+  it("never writes status computed from a stale job over a newer one", async () => {
+    const kube = new FakeKube();
+    await kube.create(jobPath(), manifest("tune"));
+    // The job cache keeps the job as listed: without the status the first reconcile writes.
+    kube.holdWatch(PLURAL);
+    await start(kube);
+    await until("status.attempts = 1", () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts === 1);
+    const foreign = { type: "Admitted", status: "True", reason: "Admitted", message: "written by another controller", lastTransitionTime: new Date().toISOString() };
+    await kube.update(jobPath("tune"), (object) => {
+      const status = object.status as NonNullable<FineTuneJob["status"]>;
+      status.conditions = [...(status.conditions ?? []), foreign as never];
+    });
+    // The pod starts: a reconcile runs on the stale job.
+    await kube.update(podPath("tune-train-1"), (pod) => {
+      (pod as V1Pod).status = { phase: "Running" };
+    });
+    await sleep(300);
+    const hasForeign = () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.conditions?.some((condition) => condition.message === foreign.message);
+    expect(hasForeign()).toBe(true);
+    kube.releaseWatch(PLURAL);
+    await until("the fresh reconcile to write Training and keep the foreign condition", () => {
+      const running = kube.stored<FineTuneJob>(jobPath("tune"))?.status?.conditions?.find((condition) => condition.type === "Running");
+      return running?.reason === "Training" && hasForeign();
+    });
+  });
+
+  it("recreates the token Secret when someone deletes it, before the next pod needs it", async () => {
+    const kube = new FakeKube();
+    await kube.create(jobPath(), manifest("tune"));
+    await start(kube);
+    await until("the Secret", () => kube.stored(secretPath("tune-progress")));
+    await kube.delete(secretPath("tune-progress"));
+    // The trainer fails; the next attempt needs the Secret again.
+    await kube.update(podPath("tune-train-1"), (pod) => {
+      (pod as V1Pod).status = { phase: "Failed", containerStatuses: [{ name: "trainer", image: "", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode: 1 } } }] };
+    });
+    await until("attempt 2", () => kube.stored(podPath("tune-train-2")), 5000);
+    expect(kube.stored(secretPath("tune-progress"))).toBeDefined();
+  });
+});
