@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import { lstatSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { cgroupCpuLimit, cpuThreads, findNativeBuild } from "./backend.ts";
@@ -71,8 +72,31 @@ describe("selectBackend", () => {
     expect(select("gpu", {}, 1)).toMatchObject({ error: "BackendError", message: expect.stringMatching(/trainer\.backend is "gpu" but the native build is the CPU one .*npm run native -- --gpu/) });
   });
 
+  // The dev cluster's pod runner starts trainers as their pod's runAsUser; a build linked from
+  // root's cache is then out of reach, and the reason must say so rather than "not built".
+  const linkedFromElsewhere = native !== undefined && lstatSync(path.join(native.packageDir, "deps")).isSymbolicLink();
+  it.runIf(process.getuid?.() === 0 && linkedFromElsewhere && !canRead(native?.packageDir, 65532))("says the native build is unreadable, not missing, for a user who cannot read it", () => {
+    const run = spawnSync("setpriv", ["--reuid=65532", "--regid=65532", "--clear-groups", process.execPath, "--import", "tsx", "trainer/testing/print-backend.ts", "auto"], {
+      cwd: root,
+      encoding: "utf8",
+      env: { ...process.env, KUBETUNE_BACKEND: "", HOME: "/tmp" },
+      timeout: 60_000,
+    });
+    expect(JSON.parse(run.stdout.trim().split("\n").at(-1)!)).toMatchObject({
+      name: "wasm",
+      reason: expect.stringMatching(/native TensorFlow backend is built but .* is not readable by this user \(uid 65532\); run npm run native -- --copy/),
+    });
+  });
+
   it.runIf(native === undefined)("falls back to wasm without a native build, and fails gpu with what to run", () => {
     expect(select("auto")).toMatchObject({ name: "wasm", reason: expect.stringContaining("npm run native") });
     expect(select("gpu", {}, 1)).toMatchObject({ error: "BackendError", message: expect.stringContaining("npm run native -- --gpu") });
   });
 });
+
+/** Whether uid can read the native build's marker (run as that uid: permissions along the whole path count). */
+function canRead(packageDir: string | undefined, uid: number): boolean {
+  if (!packageDir) return false;
+  const marker = path.join(packageDir, "deps", "kubetune-native.json");
+  return spawnSync("setpriv", [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "test", "-r", marker]).status === 0;
+}

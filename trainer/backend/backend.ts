@@ -110,20 +110,39 @@ export function currentBackend(): BackendInfo | undefined {
   return selected;
 }
 
+/** Why no native build is usable: not built, or built where this user cannot read it. */
 function nativeMissing(): string {
+  const marker = nativeMarkerPath();
+  if (marker) {
+    try {
+      fs.accessSync(marker, fs.constants.R_OK);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "EACCES" || code === "EPERM") {
+        const deps = path.dirname(marker);
+        const where = fs.lstatSync(deps).isSymbolicLink() ? fs.readlinkSync(deps) : deps;
+        return `the native TensorFlow backend is built but ${where} is not readable by this user (uid ${process.getuid?.() ?? "?"}); run npm run native -- --copy to put it under node_modules`;
+      }
+    }
+  }
   return "the native TensorFlow backend is not built (npm run native)";
+}
+
+function nativeMarkerPath(): string | undefined {
+  try {
+    return path.join(path.dirname(createRequire(import.meta.url).resolve(`${NATIVE_PACKAGE}/package.json`)), "deps", "kubetune-native.json");
+  } catch {
+    return undefined;
+  }
 }
 
 /** The native build linked into node_modules, or undefined when `npm run native` has not run. */
 export function findNativeBuild(): NativeBuild | undefined {
-  let packageDir: string;
+  const markerPath = nativeMarkerPath();
+  if (!markerPath) return undefined;
+  const packageDir = path.dirname(path.dirname(markerPath));
   try {
-    packageDir = path.dirname(createRequire(import.meta.url).resolve(`${NATIVE_PACKAGE}/package.json`));
-  } catch {
-    return undefined;
-  }
-  try {
-    const marker = JSON.parse(fs.readFileSync(path.join(packageDir, "deps", "kubetune-native.json"), "utf8")) as { flavor?: string; tensorflow?: string };
+    const marker = JSON.parse(fs.readFileSync(markerPath, "utf8")) as { flavor?: string; tensorflow?: string };
     if (marker.flavor !== "cpu" && marker.flavor !== "gpu") return undefined;
     return { flavor: marker.flavor, tensorflow: marker.tensorflow ?? "unknown", packageDir };
   } catch {
