@@ -186,3 +186,21 @@ describe("hyperparameters", () => {
     expect(await adapter("epsilon", { adamEpsilon: 0.1 })).not.toEqual(defaults);
   });
 });
+
+describe("defaults that depend on the architecture", () => {
+  it("adapts GPT-2's c_attn when a LoRA job names no target modules, as PEFT does", async () => {
+    const job = await writeTinyJob({ family: "gpt2", spec: { ...SHORT, method: { type: "lora", lora: { r: 4, alpha: 8 } } } });
+    jobs.push(job);
+    const { result } = await run(job);
+    expect(result.status).toBe("completed");
+    const config = JSON.parse(await readFile(path.join(job.dir, "out", "adapter_config.json"), "utf8")) as { target_modules: string[] };
+    expect(config.target_modules).toEqual(["c_attn"]);
+  });
+
+  it("adapts q_proj and v_proj of a Llama-family model by default", async () => {
+    const job = await tinyJob({ method: { type: "lora", lora: { r: 4, alpha: 8 } } });
+    await run(job);
+    const config = JSON.parse(await readFile(path.join(job.dir, "out", "adapter_config.json"), "utf8")) as { target_modules: string[] };
+    expect([...config.target_modules].sort()).toEqual(["q_proj", "v_proj"]);
+  });
+});

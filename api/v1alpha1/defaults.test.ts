@@ -23,7 +23,8 @@ describe("applyDefaults", () => {
         badLines: "fail",
         maxBadLineFraction: 0.1,
       },
-      method: { type: "lora", lora: { r: 8, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj"], rsLora: false } },
+      // No targetModules: the trainer picks the architecture's (PEFT's) default, which the API cannot know.
+      method: { type: "lora", lora: { r: 8, alpha: 8, dropout: 0, rsLora: false } },
       objective: { type: "sft" },
       hyperparameters: {
         epochs: 1,

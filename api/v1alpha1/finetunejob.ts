@@ -80,13 +80,13 @@ const loraParameters = (doc: string) =>
       }).default(8),
       dropout: s.number("Dropout probability on the adapter's input while training.", { minimum: 0, maximum: 1, exclusiveMaximum: true }).default(0),
       targetModules: moduleNames(
-        "Linear modules to adapt, matched against the end of each module path (Llama: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-2: c_attn, c_proj, c_fc); all-linear adapts every linear layer but the output head.",
-      ).default(["q_proj", "v_proj"]),
+        "Linear modules to adapt, matched against the end of each module path (Llama: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-2: c_attn, c_proj, c_fc); all-linear adapts every linear layer but the output head. Unset: the trainer picks PEFT's default for the model's architecture (Llama family: q_proj, v_proj; GPT-2: c_attn).",
+      ),
       rsLora: s.boolean("Rank-stabilised scaling: alpha / sqrt(r) instead of alpha / r.").default(false),
     })
     .rule({
       cel: "!has(self.targetModules) || !('all-linear' in self.targetModules) || size(self.targetModules) == 1",
-      check: (self) => !self.targetModules.includes("all-linear") || self.targetModules.length === 1,
+      check: (self) => !self.targetModules?.includes("all-linear") || self.targetModules.length === 1,
       message: "all-linear already names every linear layer; list it alone",
       fieldPath: ".targetModules",
     });

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import type { FineTuneJob } from "../../api/index.ts";
 import { testTokenizer, testTokenizerFiles } from "../tokenizer/test-tokenizer.ts";
-import { TINY_LLAMA, writeTinyModel } from "./tiny-models.ts";
+import { TINY_GPT2, TINY_LLAMA, writeTinyModel } from "./tiny-models.ts";
 
 /**
  * A whole FineTuneJob on disk for trainer tests: a tiny random Llama whose vocabulary is the
@@ -33,11 +33,14 @@ export interface TinyJobOptions {
   lines?: unknown[];
   spec?: Partial<FineTuneJob["spec"]>;
   seed?: number;
+  /** The tiny model's family: a Llama (default) or a GPT-2. */
+  family?: "llama" | "gpt2";
 }
 
 export async function writeTinyJob(options: TinyJobOptions = {}): Promise<TinyJob> {
   const dir = await mkdtemp(path.join(tmpdir(), "kubetune-tiny-job-"));
-  const tiny = await writeTinyModel({ ...TINY_LLAMA, vocab_size: testTokenizer().vocabSize }, { seed: options.seed ?? 5 });
+  const shape = options.family === "gpt2" ? TINY_GPT2 : TINY_LLAMA;
+  const tiny = await writeTinyModel({ ...shape, vocab_size: testTokenizer().vocabSize }, { seed: options.seed ?? 5 });
   const modelDir = path.join(dir, "model");
   await mkdir(modelDir, { recursive: true });
   for (const file of await readdir(tiny.dir)) await copyFile(path.join(tiny.dir, file), path.join(modelDir, file));
