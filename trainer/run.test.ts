@@ -2,13 +2,13 @@ import { rmSync } from "node:fs";
 import { mkdir, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { applyDefaults, type FineTuneJob } from "../api/index.ts";
+import type { FineTuneJob } from "../api/index.ts";
 import { StorageError } from "../storage/object-store.ts";
 import { selectBackend } from "./backend/backend.ts";
 import { MemoryObjectStore } from "./data/memory-store.ts";
-import { JobError, runFineTuneJob, toJobError, type RunJobOptions, type RunJobResult } from "./run.ts";
+import { JobError, toJobError } from "./run.ts";
 import { parseSafetensors } from "./safetensors/safetensors.ts";
-import { SYNTHETIC_SENTENCES, writeTinyJob, type TinyJob } from "./testing/tiny-job.ts";
+import { runTinyJob, SYNTHETIC_SENTENCES, writeTinyJob, type TinyJob } from "./testing/tiny-job.ts";
 import type { ProgressEvent } from "./train/progress.ts";
 
 /** Short runs: 4 steps of 4 examples, a checkpoint every 2 steps. */
@@ -31,19 +31,7 @@ async function tinyJob(spec: Partial<FineTuneJob["spec"]> = {}): Promise<TinyJob
   return job;
 }
 
-async function run(job: TinyJob, spec: Partial<FineTuneJob["spec"]> = {}, options: RunJobOptions = {}): Promise<{ result: RunJobResult; events: ProgressEvent[] }> {
-  const events: ProgressEvent[] = [];
-  const result = await runFineTuneJob(applyDefaults({ ...job.manifest.spec, ...spec }), {
-    baseDir: job.dir,
-    sample: false,
-    ...options,
-    onProgress: (event) => {
-      events.push(event);
-      options.onProgress?.(event);
-    },
-  });
-  return { result, events };
-}
+const run = runTinyJob;
 
 const startOf = (events: ProgressEvent[]) => events.find((event) => event.event === "start");
 const warningsOf = (events: ProgressEvent[]) => events.filter((event) => event.event === "warning");

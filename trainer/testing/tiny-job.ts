@@ -1,7 +1,9 @@
 import { copyFile, mkdir, mkdtemp, readdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import type { FineTuneJob } from "../../api/index.ts";
+import { applyDefaults, type FineTuneJob } from "../../api/index.ts";
+import { runFineTuneJob, type RunJobOptions, type RunJobResult } from "../run.ts";
+import type { ProgressEvent } from "../train/progress.ts";
 import { testTokenizer, testTokenizerFiles } from "../tokenizer/test-tokenizer.ts";
 import { TINY_GPT2, TINY_LLAMA, writeTinyModel } from "./tiny-models.ts";
 
@@ -70,4 +72,26 @@ export async function writeTinyJob(options: TinyJobOptions = {}): Promise<TinyJo
   const manifestPath = path.join(dir, "job.json");
   await writeFile(manifestPath, JSON.stringify(manifest, null, 2));
   return { dir, manifest, manifestPath };
+}
+
+/**
+ * Runs a tiny job in this process (no sample), its spec overridden by `spec`, and collects every
+ * progress event it reports.
+ */
+export async function runTinyJob(
+  job: TinyJob,
+  spec: Partial<FineTuneJob["spec"]> = {},
+  options: RunJobOptions = {},
+): Promise<{ result: RunJobResult; events: ProgressEvent[] }> {
+  const events: ProgressEvent[] = [];
+  const result = await runFineTuneJob(applyDefaults({ ...job.manifest.spec, ...spec }), {
+    baseDir: job.dir,
+    sample: false,
+    ...options,
+    onProgress: (event) => {
+      events.push(event);
+      options.onProgress?.(event);
+    },
+  });
+  return { result, events };
 }

@@ -2,14 +2,14 @@ import { readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { applyDefaults, type FineTuneJob } from "../../api/index.ts";
+import type { FineTuneJob } from "../../api/index.ts";
 import { LocalObjectStore } from "../../storage/local-store.ts";
 import { selectBackend } from "../backend/backend.ts";
 import { DataLoader } from "../data/loader.ts";
 import { loadModel } from "../model/loader.ts";
-import { runFineTuneJob, type RunJobOptions, type RunJobResult } from "../run.ts";
+import type { RunJobOptions } from "../run.ts";
 import { parseSafetensors, readSafetensors } from "../safetensors/safetensors.ts";
-import { writeTinyJob, type TinyJob } from "../testing/tiny-job.ts";
+import { runTinyJob, writeTinyJob, type TinyJob } from "../testing/tiny-job.ts";
 import type { ProgressEvent } from "./progress.ts";
 
 const jobs: TinyJob[] = [];
@@ -26,19 +26,8 @@ async function tinyJob(spec: Partial<FineTuneJob["spec"]> = {}): Promise<TinyJob
   return job;
 }
 
-async function run(job: TinyJob, options: RunJobOptions = {}, spec: Partial<FineTuneJob["spec"]> = {}): Promise<{ result: RunJobResult; events: ProgressEvent[] }> {
-  const events: ProgressEvent[] = [];
-  const result = await runFineTuneJob(applyDefaults({ ...job.manifest.spec, ...spec }), {
-    baseDir: job.dir,
-    sample: false,
-    ...options,
-    onProgress: (event) => {
-      events.push(event);
-      options.onProgress?.(event);
-    },
-  });
-  return { result, events };
-}
+/** runTinyJob with the options first: most tests here pass options, few a spec. */
+const run = (job: TinyJob, options: RunJobOptions = {}, spec: Partial<FineTuneJob["spec"]> = {}) => runTinyJob(job, spec, options);
 
 const steps = (events: ProgressEvent[]) => events.filter((event): event is Extract<ProgressEvent, { event: "step" }> => event.event === "step");
 const output = (job: TinyJob, file: string) => readFile(path.join(job.dir, "out", file));
