@@ -13,6 +13,7 @@ const NUMERIC_TESTS = [
   "trainer/backend/recompute.test.ts",
   "trainer/model/**/*.test.ts",
   "trainer/methods/**/*.test.ts",
+  "trainer/objectives/**/*.test.ts",
   "trainer/train/**/*.test.ts",
 ];
 const nativeBuilt = existsSync(NATIVE_MARKER);

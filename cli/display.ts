@@ -87,7 +87,8 @@ export function mainCondition(job: FineTuneJob): { reason: string; message: stri
 const LOADERS: Record<string, string> = {
   PEFT: "PEFT: PeftModel.from_pretrained(base_model, <adapter folder>)",
   vLLM: "vLLM: vllm serve <base model> --enable-lora --lora-modules <name>=<adapter folder>",
-  Transformers: "Transformers: AutoModelForCausalLM.from_pretrained(<merged folder>)",
+  Transformers: "Transformers: AutoModelForCausalLM.from_pretrained(<merged folder, or the output folder of full fine-tuning>)",
+  kubetune: "kubetune: a bottleneck adapter; its format and a PyTorch loader are in docs/adapters.md",
 };
 
 /** What `kubetune status JOB` prints. */

@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { Readable } from "node:stream";
 import { joinKey, StorageError, type ObjectStore } from "./object-store.ts";
 
 /**
@@ -28,22 +29,53 @@ export function sha256(data: Buffer | string): string {
   return createHash("sha256").update(data).digest("hex");
 }
 
+/**
+ * A file too large to hold in memory (a model shard): its bytes, produced chunk by chunk while
+ * the store writes them (S3: a multipart upload). `chunks` is called once.
+ */
+export interface StreamedFile {
+  chunks(): AsyncIterable<Buffer>;
+}
+
+/** What publish writes for one file: its bytes, or a stream of them. */
+export type FileContent = Buffer | string | StreamedFile;
+
 /** Writes files under prefix, then the manifest naming each with its size and sha256. */
 export async function publish(
   store: ObjectStore,
   prefix: string,
-  files: Record<string, Buffer | string>,
+  files: Record<string, FileContent>,
   metadata: Record<string, unknown> = {},
 ): Promise<Manifest> {
   const entries: ManifestEntry[] = [];
   for (const [name, data] of Object.entries(files)) {
     if (name === MANIFEST_FILE) throw new Error(`${MANIFEST_FILE} is reserved for the manifest`);
-    await store.put(joinKey(prefix, name), data);
-    entries.push({ name, size: Buffer.byteLength(data), sha256: sha256(data) });
+    if (typeof data === "string" || Buffer.isBuffer(data)) {
+      await store.put(joinKey(prefix, name), data);
+      entries.push({ name, size: Buffer.byteLength(data), sha256: sha256(data) });
+    } else {
+      entries.push({ name, ...(await putStreamed(store, joinKey(prefix, name), data)) });
+    }
   }
   const manifest: Manifest = { version: 1, createdAt: new Date().toISOString(), files: entries, metadata };
   await store.put(joinKey(prefix, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + "\n");
   return manifest;
+}
+
+/** Writes a streamed file, hashing and counting its bytes as they pass, so it is read only once. */
+async function putStreamed(store: ObjectStore, key: string, file: StreamedFile): Promise<{ size: number; sha256: string }> {
+  const hash = createHash("sha256");
+  let size = 0;
+  async function* counted(): AsyncGenerator<Buffer> {
+    for await (const chunk of file.chunks()) {
+      hash.update(chunk);
+      size += chunk.length;
+      yield chunk;
+    }
+  }
+  // A byte stream (not object mode), pulled as the store writes: one chunk is made at a time.
+  await store.put(key, Readable.from(counted(), { objectMode: false }));
+  return { size, sha256: hash.digest("hex") };
 }
 
 /** The manifest of a published folder, or undefined when the folder is incomplete or absent. */

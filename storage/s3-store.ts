@@ -22,12 +22,26 @@ export interface S3Options {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
   /** Attempts per request, with the SDK's exponential backoff between them. */
   maxAttempts?: number;
+  /**
+   * Part size of multipart uploads, in bytes (default 16 MiB; S3's minimum is 5 MiB). Streams
+   * and objects larger than one part go up in parts; an upload holds about
+   * MULTIPART_QUEUE_SIZE parts in memory, and S3 allows 10,000 parts, so 16 MiB parts carry
+   * objects up to about 156 GiB.
+   */
+  partSize?: number;
 }
+
+export const DEFAULT_PART_SIZE = 16 * 2 ** 20;
+/** S3's smallest part (all but the last); lib-storage refuses smaller ones. */
+export const MIN_PART_SIZE = 5 * 2 ** 20;
+/** Parts uploaded at once. */
+export const MULTIPART_QUEUE_SIZE = 4;
 
 /** An object store over one s3://bucket/prefix. */
 export class S3ObjectStore implements ObjectStore {
   readonly uri: string;
   private readonly client: S3Client;
+  private readonly partSize: number;
 
   constructor(
     readonly bucket: string,
@@ -36,6 +50,10 @@ export class S3ObjectStore implements ObjectStore {
   ) {
     this.prefix = joinKey(prefix);
     this.uri = `s3://${bucket}${this.prefix ? `/${this.prefix}` : ""}`;
+    this.partSize = options.partSize ?? DEFAULT_PART_SIZE;
+    if (!(Number.isSafeInteger(this.partSize) && this.partSize >= MIN_PART_SIZE)) {
+      throw new StorageError("InvalidUri", this.uri, `multipart part size must be a whole number of bytes, at least ${MIN_PART_SIZE} (5 MiB), got ${options.partSize}`);
+    }
     this.client = new S3Client({
       endpoint: options.endpoint,
       region: options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? "us-east-1",
@@ -67,10 +85,18 @@ export class S3ObjectStore implements ObjectStore {
 
   async put(key: string, body: Buffer | string | Readable): Promise<void> {
     try {
-      if (body instanceof Readable) {
-        // Streams of unknown length go up as a multipart upload; S3 makes the object
-        // visible only when the upload completes, so readers never see part of it.
-        await new Upload({ client: this.client, params: { Bucket: this.bucket, Key: this.keyOf(key), Body: body } }).done();
+      if (body instanceof Readable || Buffer.byteLength(body) > this.partSize) {
+        // Streams (model shards, of any length) and large objects go up as a multipart upload,
+        // past the 5 GB limit of one PutObject and without holding more than a few parts; S3
+        // makes the object visible only when the upload completes, so readers never see part
+        // of it, and lib-storage aborts the upload on failure so no parts are left behind.
+        await new Upload({
+          client: this.client,
+          params: { Bucket: this.bucket, Key: this.keyOf(key), Body: body },
+          partSize: this.partSize,
+          queueSize: MULTIPART_QUEUE_SIZE,
+          leavePartsOnError: false,
+        }).done();
       } else {
         await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.keyOf(key), Body: body }));
       }

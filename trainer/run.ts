@@ -1,6 +1,7 @@
 import type { DefaultedFineTuneJobSpec } from "../api/index.ts";
 import { openStore } from "../storage/open-store.ts";
 import { StorageError, type ObjectStore } from "../storage/object-store.ts";
+import { RetryingObjectStore, TRAINER_RETRY_POLICY } from "../storage/retrying-store.ts";
 import type { ManifestEntry } from "../storage/publish.ts";
 import { contentSignature } from "../storage/signature.ts";
 import { BackendError, selectBackend } from "./backend/backend.ts";
@@ -9,6 +10,11 @@ import { resolveDatasetKeys } from "./data/files.ts";
 import { DataLoader, type DatasetFiles } from "./data/loader.ts";
 import { MethodOptionsError, type Adapter } from "./methods/method.ts";
 import { getMethod, methodTypes } from "./methods/registry.ts";
+import { dpoObjective } from "./objectives/dpo.ts";
+import { classCount, classificationObjective } from "./objectives/classification.ts";
+import { rewardObjective } from "./objectives/reward.ts";
+import { ScoreHeadAdapter } from "./objectives/score-head.ts";
+import type { Objective } from "./objectives/objective.ts";
 import { ModelConfigError } from "./model/config.ts";
 import { loadModel, ModelLoadError } from "./model/loader.ts";
 import type { CausalLM } from "./model/model.ts";
@@ -21,7 +27,7 @@ import { loadTokenizer, TokenizerError, type Tokenizer } from "./tokenizer/token
 import { CheckpointMismatchError, train } from "./train/loop.ts";
 import { checkpointOwner, planJob, PlanError, resumeFingerprint, type JobPlan } from "./train/plan.ts";
 import type { ProgressListener } from "./train/progress.ts";
-import { promptOf, sampleBeforeAfter } from "./train/sample.ts";
+import { continuation, promptOf, sampleBeforeAfter } from "./train/sample.ts";
 
 /**
  * Runs one FineTuneJob from its defaulted spec: the entry point of `kubetune run` (on this
@@ -85,6 +91,15 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
     throw new JobError("InvalidSpec", `spec.method.type: "${plan.method.type}" is not implemented by this trainer yet; implemented: ${methodTypes().join(", ")}`);
   }
   const open = (uri: string) => openStore(uri, plan.storage);
+  // Once the inputs are checked, an outage of the store (a restart, a failover) is waited out for a few minutes rather
+  // than failing the attempt; before, a wrong endpoint fails at once. Each operation says so once, when it first retries.
+  const openDurable = (uri: string) =>
+    new RetryingObjectStore(open(uri), {
+      ...TRAINER_RETRY_POLICY,
+      onRetry: (error, _delayMs, retry) =>
+        retry === 1 &&
+        options.onProgress?.({ event: "warning", reason: "StorageUnavailable", message: `${error.message}; retrying for up to ${TRAINER_RETRY_POLICY.budgetMs / 1000}s` }),
+    });
   const modelStore = open(plan.model.uri);
   const datasetStore = open(plan.dataset.storeUri);
   const stores: JobStores = { model: modelStore, dataset: datasetStore };
@@ -98,6 +113,7 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
       datasetStore,
       datasetKeys: [plan.dataset.train, ...(plan.dataset.eval ? [plan.dataset.eval] : [])],
       dataset: plan.dataset.options,
+      method: plan.method,
     }),
     stores,
   );
@@ -113,20 +129,45 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
     const tokenizer = await rethrow(loadTokenizer(modelStore, ""), stores);
     checkCompatible(plan, model, tokenizer, modelStore);
     const rng = Rng.fromSeed(plan.seed);
+    // The model's own dropout (GPT-2's pdrop values) draws from the checkpointed generator too.
+    model.dropoutRng = rng;
     const baseModelNameOrPath = await rethrow(baseModelName(spec.baseModel.name, plan.model.uri, modelStore), stores);
-    adapter = asJobError(() => getMethod(plan.method.type).inject(model, plan.method.options, { rng, baseModelNameOrPath, optionsPath: plan.method.optionsPath }));
-    const files = await rethrow(datasetFiles(plan, datasetStore), stores);
+    adapter = asJobError(() => getMethod(plan.method.type).inject(model, plan.method.options, { rng, baseModelNameOrPath, optionsPath: plan.method.optionsPath, tokenizer }));
+    checkVirtualPositions(plan, model, adapter);
+    const files = await rethrow(datasetFiles(plan, openDurable(plan.dataset.storeUri)), stores);
     const data = asJobError(() => new DataLoader(files, plan.dataset.options, tokenizer));
+    if (plan.objective.type === "reward" || plan.objective.type === "classification") {
+      if (adapter.trainsBaseWeights) {
+        throw new JobError("InvalidSpec", `spec.method.type: objective ${plan.objective.type} trains an adapter and a score head; method "${adapter.type}" is not supported with it yet`);
+      }
+      const labels = plan.objective.type === "reward" ? 1 : await rethrow(classCount(data, plan.dataset.options.classLabels), stores);
+      // The score head draws its initial values from the checkpointed generator, after the method's.
+      adapter = new ScoreHeadAdapter(adapter, labels, rng);
+    }
+    const injected = adapter;
+    const objective: Objective | undefined =
+      plan.objective.type === "dpo"
+        ? asJobError(() => invalidSpec(() => dpoObjective(plan.objective as Parameters<typeof dpoObjective>[0], injected)))
+        : plan.objective.type === "reward"
+          ? rewardObjective(injected)
+          : plan.objective.type === "classification"
+            ? classificationObjective(injected)
+            : undefined;
     const fingerprint = resumeFingerprint(plan.fingerprint, await rethrow(inputSignatures(modelStore, files), stores));
+    // A reward model's sample would be the base model's text twice: its head scores, it does not write.
+    const sample = options.sample === false || plan.objective.type === "reward" || plan.objective.type === "classification" ? undefined : await rethrow(samplePrompt(options.samplePrompt, data, tokenizer), stores);
+    // Full fine-tuning trains the base weights themselves: the sample's "before" is decoded before they change.
+    const baseSample = sample && adapter.trainsBaseWeights ? continuation(adapter, tokenizer, sample, { maxLength: plan.dataset.options.maxSeqLength }) : undefined;
     const outcome = await rethrow(
       train({
         adapter,
         rng,
         data,
         config: plan.training,
-        checkpoints: { store: open(plan.checkpoint.storeUri), folder: plan.checkpoint.folder, owner: checkpointOwner(fingerprint, plan.output.uri) },
+        checkpoints: { store: openDurable(plan.checkpoint.storeUri), folder: plan.checkpoint.folder, owner: checkpointOwner(fingerprint, plan.output.uri) },
         fingerprint,
         backend: `${backend.name} (${backend.description})`,
+        ...(objective ? { objective } : {}),
         ...(options.onProgress ? { onProgress: options.onProgress } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
       }),
@@ -136,7 +177,6 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
       return { status: "stopped", step: outcome.state.step, totalSteps: outcome.state.totalSteps, checkpoint: outcome.checkpoint };
     }
 
-    const sample = options.sample === false ? undefined : await rethrow(samplePrompt(options.samplePrompt, data, tokenizer), stores);
     const metrics = trainingMetrics(outcome.state, {
       method: plan.method.type,
       baseModel: spec.baseModel.uri,
@@ -144,13 +184,14 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
       backend,
       trainableParameters: adapter.trainableParameterCount(),
       baseParameters: model.parameterCount(),
+      trainsBaseWeights: adapter.trainsBaseWeights ?? false,
       batchSize: plan.training.batchSize,
       gradientAccumulation: plan.training.gradientAccumulation,
-      ...(sample ? { sample: sampleBeforeAfter(adapter, tokenizer, sample, { maxLength: plan.dataset.options.maxSeqLength }) } : {}),
+      ...(sample ? { sample: sampleBeforeAfter(adapter, tokenizer, sample, { maxLength: plan.dataset.options.maxSeqLength, ...(baseSample === undefined ? {} : { base: baseSample }) }) } : {}),
     });
-    const outputStore = open(plan.output.uri);
+    const outputStore = openDurable(plan.output.uri);
     const outputFiles = {
-      ...adapterFiles(adapter, spec.baseModel.uri),
+      ...(adapter.trainsBaseWeights ? await mergedModelFiles(adapter, modelStore, { folder: "" }) : adapterFiles(adapter, spec.baseModel.uri)),
       ...reportFiles(metrics, `${plan.method.type} on ${spec.baseModel.uri}`),
       ...(plan.output.mergeIntoBase ? await mergedModelFiles(adapter, modelStore) : {}),
     };
@@ -170,7 +211,7 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
       trainableParameters: metrics.trainableParameters,
       totalParameters: metrics.totalParameters,
       trainableShare: metrics.trainableShare,
-      loadableBy: loadableBy(adapter.adapterConfig(), plan.output.mergeIntoBase),
+      loadableBy: loadableBy(adapter.adapterConfig(), plan.output.mergeIntoBase, adapter.trainsBaseWeights),
     };
     return { status: "completed", outputs, metrics };
   } finally {
@@ -210,17 +251,42 @@ function checkCompatible(plan: JobPlan, model: CausalLM, tokenizer: Tokenizer, m
   }
 }
 
+/** GPT-2 places virtual tokens on its learned positions too: prefix or prompt and the longest input must fit n_positions together. */
+function checkVirtualPositions(plan: JobPlan, model: CausalLM, adapter: Adapter): void {
+  const virtual = adapter.virtualTokens ?? 0;
+  const config = model.config;
+  if (virtual === 0 || config.family !== "gpt2") return;
+  const { maxSeqLength } = plan.dataset.options;
+  if (virtual + maxSeqLength > config.maxPositions) {
+    throw new JobError(
+      "InvalidSpec",
+      `${plan.method.optionsPath}: ${virtual} virtual tokens and spec.dataset.maxSeqLength ${maxSeqLength} make ${virtual + maxSeqLength} positions, more than the model's n_positions (${config.maxPositions}); use fewer virtual tokens or a shorter maxSeqLength`,
+    );
+  }
+}
+
 /** The sample's prompt ids: the given text, or the prompt part of the first eval (else training) example. */
 async function samplePrompt(text: string | undefined, data: DataLoader, tokenizer: Tokenizer): Promise<number[] | undefined> {
   if (text !== undefined) return tokenizer.encode(text, { addSpecialTokens: false });
   const batches = data.hasEval ? data.evalBatches(1) : data.trainBatches(1, { epochs: 1 });
   // Returning from the loop closes the generator and the file it reads.
   for await (const batch of batches) {
-    if (batch.kind !== "lm") return undefined;
-    const prompt = promptOf(batch.tokens.inputIds, batch.tokens.labels, batch.tokens.seqLength);
+    // A preference pair's prompt is its chosen row's part without loss.
+    const tokens = batch.kind === "lm" ? batch.tokens : batch.kind === "preference" ? batch.chosen : undefined;
+    if (!tokens) return undefined;
+    const prompt = promptOf(tokens.inputIds, tokens.labels, tokens.seqLength);
     return prompt.length > 0 ? prompt : undefined;
   }
   return undefined;
+}
+
+/** Runs body, turning what it throws into a PlanError: the spec asks for something this trainer cannot do. */
+function invalidSpec<T>(body: () => T): T {
+  try {
+    return body();
+  } catch (error) {
+    throw error instanceof Error && !(error instanceof PlanError) ? new PlanError(error.message) : error;
+  }
 }
 
 function asJobError<T>(body: () => T): T {

@@ -20,6 +20,7 @@ const reasonDocs = {
   PreflightRunning: "The preflight pod is checking the model, tokenizer and dataset.",
   PreflightPassed: "The model, tokenizer and dataset exist and parse.",
   Queued: "The job waits in its queue for resources.",
+  ExceedsQueueQuota: "The job asks for more GPUs, CPU or memory than its FineTuneQueue's whole quota, so it could never be admitted: lower resources or use a larger queue.",
   QueueNotSupported: "spec.queueName is set, but this operator does not implement queues yet (neither Kueue nor a built-in FineTuneQueue): the job is refused rather than run unqueued. Remove queueName to run it.",
   PreflightChecked: "A small CPU-only pod checked that the model, tokenizer and dataset exist and parse, before any GPU was held.",
   Admitted: "The queue admitted the job.",
@@ -42,6 +43,8 @@ const reasonDocs = {
   BackoffLimitExceeded: "Attempts failed more often than runPolicy.backoffLimit allows.",
   DeadlineExceeded: "The job ran longer than runPolicy.activeDeadlineSeconds.",
   Preempted: "The trainer pod was evicted for a higher-priority workload; the job resumes from its last checkpoint.",
+  InterruptedWithoutProgress:
+    "The trainer was interrupted (evicted, preempted, stopped by SIGTERM) more times in a row than the operator's limit without saving a new checkpoint; interruptions back off exponentially until then. Find what evicts the pods, or checkpoint more often.",
 } as const;
 
 export type ConditionType = keyof typeof conditionTypeDocs;

@@ -60,19 +60,16 @@ describe("applyDefaults", () => {
     expect(defaulted.hyperparameters.warmupSteps).toBeUndefined();
   });
 
-  it("gives IA3 the feed-forward modules among its targets", () => {
-    expect(applyDefaults({ ...minimal, method: { type: "ia3" } }).method.ia3).toEqual({
-      targetModules: ["k_proj", "v_proj", "down_proj"],
-      feedforwardModules: ["down_proj"],
+  it("leaves IA3's modules to the trainer, which knows the architecture", () => {
+    expect(applyDefaults({ ...minimal, method: { type: "ia3" } }).method.ia3).toEqual({});
+    expect(applyDefaults({ ...minimal, method: { type: "ia3", ia3: { targetModules: ["c_attn", "mlp.c_proj"] } } }).method.ia3).toEqual({
+      targetModules: ["c_attn", "mlp.c_proj"],
     });
-    expect(applyDefaults({ ...minimal, method: { type: "ia3", ia3: { targetModules: ["c_attn", "mlp.c_proj"] } } }).method.ia3?.feedforwardModules).toEqual([
-      "mlp.c_proj",
-    ]);
   });
 
   it("fills the parameter block of each method", () => {
     expect(applyDefaults({ ...minimal, method: { type: "prompt" } }).method.prompt).toEqual({ numVirtualTokens: 20, init: "RANDOM" });
-    expect(applyDefaults({ ...minimal, method: { type: "adapter" } }).method.adapter).toEqual({ bottleneckSize: 64, activation: "relu" });
+    expect(applyDefaults({ ...minimal, method: { type: "adapter" } }).method.adapter).toEqual({ variant: "houlsby", bottleneckSize: 64, activation: "relu" });
     expect(applyDefaults({ ...minimal, method: { type: "full" } }).method.full).toEqual({});
     expect(applyDefaults({ ...minimal, method: { type: "skTuning", skTuning: { description: "Classify it" } } }).method.skTuning).toEqual({
       description: "Classify it",
@@ -87,7 +84,7 @@ describe("applyDefaults", () => {
       objective: { type: "dpo" },
       dataset: { train: "s3://datasets/pairs.jsonl", format: "preference", fields: { chosen: "better" } },
     });
-    expect(defaulted.objective).toEqual({ type: "dpo", dpo: { beta: 0.1 } });
+    expect(defaulted.objective).toEqual({ type: "dpo", dpo: { beta: 0.1, labelSmoothing: 0 } });
     expect(defaulted.dataset.fields).toEqual({ prompt: "prompt", chosen: "better", rejected: "rejected" });
   });
 });

@@ -1,7 +1,6 @@
 import { applySchemaDefaults } from "../schema/defaults.ts";
 import { propertiesOf } from "../schema/schema.ts";
 import {
-  FEEDFORWARD_MODULE_NAMES,
   fineTuneJobSpecSchema,
   type DatasetFormat,
   type DefaultedFineTuneJobSpec,
@@ -20,7 +19,8 @@ export const FORMAT_FIELDS: Readonly<Record<DatasetFormat, readonly ("text" | "p
 /**
  * The spec with every default filled in: the schema's (the ones the API server applies too)
  * and those that depend on other fields (the method's and objective's parameter blocks,
- * epochs, warmup, dataset field names, IA3 feed-forward modules, the checkpoint location).
+ * epochs, warmup, dataset field names, the checkpoint location). Method defaults that depend on
+ * the model's architecture (LoRA's and IA3's target modules) are the trainer's: the API cannot know it.
  * Expects a spec that validate accepts; does not change its input.
  */
 export function applyDefaults(spec: FineTuneJobSpec): DefaultedFineTuneJobSpec {
@@ -32,9 +32,6 @@ export function applyDefaults(spec: FineTuneJobSpec): DefaultedFineTuneJobSpec {
   // skTuning has a required description, so its block cannot be made up; validate refuses that spec.
   if (block && method[method.type] === undefined && method.type !== "skTuning") {
     Object.assign(method, { [method.type]: applySchemaDefaults(block, {}) });
-  }
-  if (method.ia3 && !method.ia3.feedforwardModules) {
-    method.ia3.feedforwardModules = method.ia3.targetModules.filter((name) => (FEEDFORWARD_MODULE_NAMES as readonly string[]).includes(name));
   }
 
   if (objective.type === "dpo" && !objective.dpo) {

@@ -19,13 +19,11 @@ export const CATEGORIES = ["kubetune"] as const;
 export const CRD_NAME = `${PLURAL}.${GROUP}`;
 
 export const METHOD_TYPES = ["lora", "dora", "ia3", "prefix", "prompt", "skTuning", "adapter", "full"] as const;
-export const OBJECTIVE_TYPES = ["sft", "dpo"] as const;
+export const OBJECTIVE_TYPES = ["sft", "dpo", "reward", "classification"] as const;
 export const DATASET_FORMATS = ["text", "instruction", "chat", "preference", "classification"] as const;
 export const PHASES = ["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"] as const;
 /** Methods whose adapter can be merged into the base weights. */
 export const MERGEABLE_METHODS = ["lora", "dora", "ia3"] as const;
-/** Module names that IA3 treats as feed-forward layers (their input is scaled) unless told otherwise. */
-export const FEEDFORWARD_MODULE_NAMES = ["down_proj", "mlp.c_proj"] as const;
 
 // Patterns are written in the common subset of ECMAScript and RE2, the API server's dialect.
 export const URI_PATTERN = "^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\\S*)?|file:///\\S*|[^:\\s][^:\\n]*)$";
@@ -80,7 +78,7 @@ const loraParameters = (doc: string) =>
       }).default(8),
       dropout: s.number("Dropout probability on the adapter's input while training.", { minimum: 0, maximum: 1, exclusiveMaximum: true }).default(0),
       targetModules: moduleNames(
-        "Linear modules to adapt, matched against the end of each module path (Llama: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-2: c_attn, c_proj, c_fc); all-linear adapts every linear layer but the output head. Unset: the trainer picks PEFT's default for the model's architecture (Llama family: q_proj, v_proj; GPT-2: c_attn).",
+        "Linear modules to adapt, matched against the end of each module path (Llama, Mistral, Qwen2, Qwen3, Gemma 3: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj; GPT-2: c_attn, c_proj, c_fc); all-linear adapts every linear layer but the output head. Unset: the trainer picks PEFT's default for the model's architecture (Llama, Mistral, Qwen2, Qwen3, Gemma 3: q_proj, v_proj; GPT-2: c_attn; Phi-3, which PEFT has no default for: qkv_proj).",
       ),
       rsLora: s.boolean("Rank-stabilised scaling: alpha / sqrt(r) instead of alpha / r.").default(false),
     })
@@ -93,19 +91,17 @@ const loraParameters = (doc: string) =>
 
 const ia3Parameters = s
   .object("IA3: learned vectors, initialised to ones, that rescale the outputs of attention modules and the inputs of feed-forward modules.", {
-    targetModules: moduleNames("Modules to rescale (Llama: k_proj, v_proj, down_proj; GPT-2: c_attn, mlp.c_proj).").default([
-      "k_proj",
-      "v_proj",
-      "down_proj",
-    ]),
+    targetModules: moduleNames(
+      "Modules to rescale, matched against the end of each module path. Unset: the trainer picks PEFT's default for the model's architecture (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2, Qwen3, Gemma 3: q_proj, v_proj, down_proj; GPT-2: c_attn, mlp.c_proj).",
+    ),
     feedforwardModules: moduleNames(
-      "Those of targetModules that are feed-forward layers, whose input rather than output is rescaled; by default the ones named down_proj or mlp.c_proj.",
+      "Those of targetModules that are feed-forward layers, whose input rather than output is rescaled. Unset: PEFT's feed-forward modules for the architecture (down_proj; GPT-2: mlp.c_proj), where targeted.",
     ),
   })
   .rule({
     cel: "!has(self.feedforwardModules) || (has(self.targetModules) && self.feedforwardModules.all(m, m in self.targetModules))",
-    check: (self) => !self.feedforwardModules || self.feedforwardModules.every((name) => self.targetModules.includes(name)),
-    message: "must be a subset of targetModules",
+    check: (self) => !self.feedforwardModules || (self.targetModules !== undefined && self.feedforwardModules.every((name) => self.targetModules!.includes(name))),
+    message: "must be a subset of targetModules (set targetModules too)",
     fieldPath: ".feedforwardModules",
   });
 
@@ -115,7 +111,7 @@ const prefixParameters = s
   .object("Prefix tuning: trainable key and value prefixes prepended to the attention of every layer.", {
     numVirtualTokens: virtualTokens("Prefix positions per layer."),
     projection: s.boolean("Reparameterise the prefix through a two-layer MLP while training (prefix_projection); only its output is saved.").default(false),
-    projectionHiddenSize: s.integer("Hidden size of that MLP; the model's hidden size when unset.", { minimum: 1, maximum: 65536 }),
+    projectionHiddenSize: s.integer("Hidden size of that MLP (PEFT's encoder_hidden_size); when unset, PEFT's default token_dim: the key/value width, head_dim x num_key_value_heads.", { minimum: 1, maximum: 65536 }),
   })
   .rule({
     cel: "!has(self.projectionHiddenSize) || self.projection",
@@ -153,20 +149,24 @@ const skTuningParameters = s.object(
   "SK-tuning: a prefix initialised from a natural-language description of the task, so that training starts from its meaning.",
   {
     description: s.string(
-      "The task in words, e.g. \"Classify the sentiment of this review as positive or negative\"; its token count is the prefix length.",
+      "The task in words, e.g. \"Classify the sentiment of this review as positive or negative\". Its meaningful words (function words such as the, of, this dropped) are tokenized, after BOS where the tokenizer adds one; their token count is the number of virtual tokens.",
       { minLength: 1, maxLength: 4096 },
     ).required(),
     variant: s.enumeration(
-      "prefix: the description's per-layer keys and values, from the frozen model, form the prefix; prompt: its embeddings are prepended to the input.",
+      "prefix: the keys and values every layer of the frozen model computes for the meaningful words form the prefix; prompt: their frozen word embeddings are prepended to the input embeddings. Either way the first step computes what the base model computes with those words written before the input.",
       ["prefix", "prompt"],
     ).default("prompt"),
-    projection: s.boolean("Also train a small linear map on the prefix (on keys and values, or on the embeddings).").default(false),
+    projection: s.boolean("Keep the semantic tokens frozen and train a small linear map on them instead, starting at the identity: per layer on keys and on values over head_dim (prefix), or over the hidden size (prompt). The export holds the mapped tokens either way.").default(false),
   },
 );
 
 const adapterParameters = s.object(
-  "Bottleneck adapters (Houlsby): h + W_up(act(W_down h)) after the attention and after the MLP of every layer.",
+  "Bottleneck adapters: h + W_up(act(W_down h)) on the output of sublayers of every layer, W_up starting at zero so that training starts from the base model.",
   {
+    variant: s.enumeration(
+      "houlsby: an adapter after the attention and another after the MLP (Houlsby et al. 2019); pfeiffer: one after the MLP only (Pfeiffer et al. 2020).",
+      ["houlsby", "pfeiffer"],
+    ).default("houlsby"),
     bottleneckSize: s.integer("Width k of the bottleneck: W_down is [k, hidden], W_up is [hidden, k].", { minimum: 1, maximum: 65536 }).default(64),
     activation: s.enumeration("Non-linearity between the two projections.", ["relu", "gelu", "silu", "tanh"]).default("relu"),
   },
@@ -240,7 +240,7 @@ const specSchema = s
           "The model's name where PEFT can load it, such as HuggingFaceTB/SmolLM2-135M: written as base_model_name_or_path in adapter_config.json. When unset, config.json's _name_or_path; else uri (a local path loads; an s3:// URI does not).",
           { minLength: 1, maxLength: 1024 },
         ),
-        architecture: s.enumeration("Overrides the architecture read from config.json (model_type).", ["llama", "mistral", "qwen2", "gpt2"]),
+        architecture: s.enumeration("Overrides the architecture read from config.json (model_type).", ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2"]),
       })
       .required(),
     dataset: s
@@ -309,14 +309,21 @@ const specSchema = s
       .required(),
     method: methodSchema.required(),
     objective: s
-      .object("What training minimises: next-token loss (sft) or the DPO preference loss (dpo).", {
-        type: s.enumeration("sft: supervised fine-tuning on the target text; dpo: direct preference optimisation on chosen/rejected pairs.", OBJECTIVE_TYPES).default("sft"),
+      .object("What training minimises: next-token loss (sft), the DPO preference loss (dpo), a reward model's pairwise loss (reward), or a classifier's cross-entropy (classification).", {
+        type: s.enumeration(
+          "sft: supervised fine-tuning on the target text; dpo: direct preference optimisation on chosen/rejected pairs; reward: a reward model, the adapter and a one-output score head on the last token (PEFT task_type SEQ_CLS, score in modules_to_save) trained with the Bradley-Terry loss -log σ(r_chosen - r_rejected) on chosen/rejected pairs; classification: the adapter and a score head with one output per class on the last token, trained with cross-entropy on the classification format (eval reports accuracy).",
+          OBJECTIVE_TYPES,
+        ).default("sft"),
         dpo: s.object("DPO parameters; the reference model is the base model, i.e. the model with the adapter disabled.", {
           beta: s.number("β in the loss -log σ(β Δ); higher keeps the tuned model closer to the reference.", {
             minimum: 0,
             exclusiveMinimum: true,
             maximum: 100,
           }).default(0.1),
+          labelSmoothing: s.number(
+            "ε, the assumed share of pairs whose preference is wrong (conservative DPO, TRL's label_smoothing): the loss becomes -(1-ε) log σ(β Δ) - ε log σ(-β Δ); 0 is plain DPO.",
+            { minimum: 0, maximum: 0.5, exclusiveMaximum: true },
+          ).default(0),
         }),
       })
       .rule({
@@ -443,12 +450,16 @@ const specSchema = s
         suspend: s.boolean("True saves a checkpoint, stops the trainer and holds the job; false resumes it. The one field that may change after the start.").default(false),
       })
       .default({}),
-    queueName: s.string("Queue that admits the job: a Kueue LocalQueue, or one of the operator's built-in queues. Reserved: this version implements no queues and fails a job that sets it with QueueNotSupported.", {
+    queueName: s.string("Queue that admits the job: a FineTuneQueue (the operator's built-in queue), or a Kueue LocalQueue in the job's namespace. The trainer pod starts only once the queue admits the job (condition Admitted); see docs/queues.md.", {
       minLength: 1,
       maxLength: 253,
       pattern: DNS_SUBDOMAIN_PATTERN,
       patternHint: "a lowercase DNS subdomain name",
     }),
+    priority: s.integer(
+      "Priority in the job's queue: higher is admitted first and, with the queue's preemption LowerPriority, may stop admitted jobs of lower priority. When unset, the value of resources.priorityClassName's PriorityClass, else 0.",
+      { minimum: -2147483648, maximum: 1000000000 },
+    ),
     trainer: s
       .object("The trainer container.", {
         image: s.string("Trainer image; the operator's default, of its own version, when unset.", {
@@ -469,15 +480,21 @@ const specSchema = s
       .default({}),
   })
   .rule({
-    cel: "self.objective.type != 'dpo' || self.dataset.format == 'preference'",
-    check: (self) => self.objective.type !== "dpo" || self.dataset.format === "preference",
-    message: "must be preference when objective.type is dpo: DPO trains on prompt, chosen and rejected",
+    cel: "!(self.objective.type in ['dpo', 'reward']) || self.dataset.format == 'preference'",
+    check: (self) => !["dpo", "reward"].includes(self.objective.type) || self.dataset.format === "preference",
+    message: "must be preference when objective.type is dpo or reward: both train on prompt, chosen and rejected",
     fieldPath: ".dataset.format",
   })
   .rule({
-    cel: "self.dataset.format != 'preference' || self.objective.type == 'dpo'",
-    check: (self) => self.dataset.format !== "preference" || self.objective.type === "dpo",
-    message: "must be dpo for the preference dataset format",
+    cel: "self.dataset.format != 'preference' || self.objective.type in ['dpo', 'reward']",
+    check: (self) => self.dataset.format !== "preference" || ["dpo", "reward"].includes(self.objective.type),
+    message: "must be dpo or reward for the preference dataset format",
+    fieldPath: ".objective.type",
+  })
+  .rule({
+    cel: "(self.objective.type == 'classification') == (self.dataset.format == 'classification')",
+    check: (self) => (self.objective.type === "classification") === (self.dataset.format === "classification"),
+    message: "must be classification exactly when dataset.format is classification",
     fieldPath: ".objective.type",
   })
   .rule({
@@ -553,6 +570,18 @@ const statusSchema = s.object("What the operator observed; written by the operat
       { maxItems: 32, listType: "atomic" },
     ),
     evalLoss: s.number("Loss on the eval set at the latest evaluation."),
+    evalAccuracy: s.number("Classification: the share of eval examples classified right at the latest evaluation.", { minimum: 0, maximum: 1 }),
+    preference: s.object(
+      "Objective dpo: the latest step's means over its pairs of what TRL's DPOTrainer logs; a reward is β (log π(y|x) - log π_ref(y|x)).",
+      {
+        rewardsChosen: s.number("rewards/chosen: the chosen completions' implicit reward."),
+        rewardsRejected: s.number("rewards/rejected: the rejected completions' implicit reward."),
+        rewardsAccuracies: s.number("rewards/accuracies: share of pairs whose chosen reward is above the rejected one.", { minimum: 0, maximum: 1 }),
+        rewardsMargins: s.number("rewards/margins: chosen minus rejected reward."),
+        logpsChosen: s.number("logps/chosen: the chosen completions' summed token log-probabilities under the trained model."),
+        logpsRejected: s.number("logps/rejected: the rejected completions' summed token log-probabilities."),
+      },
+    ),
     learningRate: s.number("Learning rate at the latest step.", { minimum: 0 }),
     tokensPerSecond: s.number("Training throughput in tokens per second.", { minimum: 0 }),
     etaSeconds: s.integer("Estimated seconds until the last step.", { minimum: 0 }),
@@ -569,6 +598,14 @@ const statusSchema = s.object("What the operator observed; written by the operat
     device: s.enumeration("gpu or cpu.", ["gpu", "cpu"]).required(),
     description: s.string("The GPU's name and memory, or the CPU threads, such as 2 CPU threads.", { maxLength: 256 }),
     reason: s.string("Why this backend: what trainer.backend asked for and what the image and node offer.", { maxLength: 1024 }),
+  }),
+  queue: s.object("Where the job stands in its FineTuneQueue while it waits; absent once admitted.", {
+    position: s.integer("1 for the next job to be admitted, counting the queue's waiting jobs in admission order.", { minimum: 1 }),
+    waitReason: s.string("Why the job waits, e.g. waiting for 1 GPU; 2 of 2 in use by team-a/x, team-b/y.", { maxLength: 4096 }),
+  }),
+  admission: s.object("What the queue's admission adds to the trainer pod: with Kueue, the node labels and tolerations of the ResourceFlavors it assigned.", {
+    nodeSelector: s.map("Node labels merged into the trainer pod's nodeSelector.", s.string("A label value.", { maxLength: 63 }), { maxProperties: 64 }),
+    tolerations: s.array("Tolerations appended to the trainer pod's.", toleration, { maxItems: 32, listType: "atomic" }),
   }),
   attempts: s.integer("Trainer pods started so far, retries included.", { minimum: 0 }),
   failedAttempts: s.integer("Attempts that failed and count against runPolicy.backoffLimit (suspensions do not).", { minimum: 0 }),
@@ -590,8 +627,8 @@ const statusSchema = s.object("What the operator observed; written by the operat
     totalParameters: s.integer("Parameters of the base model plus the trained ones.", { minimum: 0 }),
     trainableShare: s.number("trainableParameters / totalParameters.", { minimum: 0, maximum: 1 }),
     loadableBy: s.array(
-      "Servers that load the result as it is: PEFT for adapters, vLLM for LoRA within its rank limit, Transformers for whole models.",
-      s.enumeration("A server.", ["PEFT", "vLLM", "Transformers"]),
+      "Servers that load the result as it is: PEFT for PEFT-format adapters (LoRA, DoRA, IA3, prefix, prompt, SK-tuning), vLLM for plain LoRA within its rank limit and for whole models, Transformers for whole models (merged or fully fine-tuned), kubetune alone for bottleneck adapters.",
+      s.enumeration("A server.", ["PEFT", "vLLM", "Transformers", "kubetune"]),
       { maxItems: 8, listType: "set" },
     ),
   }),

@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { loadInvalidFixtures } from "../../tests/fixtures/invalid/table.ts";
+import { QUEUE_KIND, validateQueue } from "./finetunequeue.ts";
 import { describeProblems, validate, validateUpdate } from "./validate.ts";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -58,9 +59,11 @@ describe("the examples", () => {
 
   it("cover every method and objective, the quickstart and the dev-cluster quickstart", () => {
     const specs = files.flatMap((file) => parseAllDocuments(readFileSync(file, "utf8")) as unknown as { toJS(): { spec: { method: { type: string }; objective?: { type: string } } } }[])
-      .map((document) => document.toJS().spec);
+      .map((document) => document.toJS() as unknown as { kind: string; spec: { method: { type: string }; objective?: { type: string } } })
+      .filter((object) => object.kind !== QUEUE_KIND)
+      .map((object) => object.spec);
     expect(new Set(specs.map((spec) => spec.method.type))).toEqual(new Set(["lora", "dora", "ia3", "prefix", "prompt", "skTuning", "adapter", "full"]));
-    expect(new Set(specs.map((spec) => spec.objective?.type ?? "sft"))).toEqual(new Set(["sft", "dpo"]));
+    expect(new Set(specs.map((spec) => spec.objective?.type ?? "sft"))).toEqual(new Set(["sft", "dpo", "reward", "classification"]));
     expect(files.map((file) => path.relative(repoRoot, file))).toEqual(expect.arrayContaining(["examples/quickstart.yaml", "examples/dev-cluster/quickstart.yaml"]));
   });
 
@@ -69,7 +72,8 @@ describe("the examples", () => {
     expect(Array.isArray(documents) && documents.length).toBeGreaterThan(0);
     for (const document of documents as unknown as { errors: unknown[]; toJS(): unknown }[]) {
       expect(document.errors).toEqual([]);
-      expect(validate(document.toJS())).toEqual([]);
+      const object = document.toJS() as { kind?: string };
+      expect(object.kind === QUEUE_KIND ? validateQueue(object) : validate(object)).toEqual([]);
     }
   });
 });

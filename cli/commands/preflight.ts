@@ -43,6 +43,7 @@ export function registerPreflight(program: Command): void {
         datasetStore: openStore(plan.dataset.storeUri, storage),
         datasetKeys: [plan.dataset.train, ...(plan.dataset.eval ? [plan.dataset.eval] : [])],
         dataset: plan.dataset.options,
+        method: plan.method,
         sampleLines: Number(flags.sampleLines),
       });
       if (found.length === 0) {

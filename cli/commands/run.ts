@@ -178,7 +178,12 @@ export class ProgressBar implements ProgressDisplay {
         break;
       case "eval":
         this.evalLoss = event.evalLoss;
-        this.print(`step ${event.step}: eval loss ${event.evalLoss.toFixed(4)}, perplexity ${event.evalPerplexity.toFixed(2)}`);
+        this.print(
+          `step ${event.step}: eval loss ${event.evalLoss.toFixed(4)}` +
+            (event.evalPerplexity !== null ? `, perplexity ${event.evalPerplexity.toFixed(2)}` : "") +
+            (event.evalAccuracy !== undefined ? `, accuracy ${event.evalAccuracy.toFixed(3)}` : "") +
+            (event.evalPreference ? `, reward accuracy ${event.evalPreference.rewardsAccuracies.toFixed(3)}, margin ${event.evalPreference.rewardsMargins.toFixed(3)}` : ""),
+        );
         break;
       case "checkpoint":
         if (event.reason !== "interval") this.print(`checkpoint at step ${event.step}: ${event.uri}`);

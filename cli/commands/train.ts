@@ -60,18 +60,29 @@ export async function readJob(file: string | undefined, env: NodeJS.ProcessEnv):
 
 /** JSON lines on stdout, and the same progress to the operator. */
 class PodLog implements ProgressDisplay {
+  /** The newest step, which a warning report carries (a report's step is required). */
+  private step = 0;
+
   constructor(private readonly reporter: ProgressReporter | undefined) {}
 
   event(event: ProgressEvent): void {
     console.log(formatEventJson(event));
     if (event.event === "step") {
       const { step, totalSteps, epoch, loss, evalLoss, learningRate, tokensPerSecond, etaSeconds } = event;
-      this.reporter?.report({ step, totalSteps, epoch, loss, ...(evalLoss !== undefined ? { evalLoss } : {}), learningRate, tokensPerSecond, etaSeconds });
+      this.reporter?.report({
+        ...{ step, totalSteps, epoch, loss, ...(evalLoss !== undefined ? { evalLoss } : {}), learningRate, tokensPerSecond, etaSeconds },
+        ...(event.preference ? { preference: event.preference } : {}),
+        ...(event.evalAccuracy !== undefined ? { evalAccuracy: event.evalAccuracy } : {}),
+      });
     } else if (event.event === "checkpoint") {
       this.reporter?.report({ step: event.step, checkpoint: { step: event.step, uri: event.uri } });
     } else if (event.event === "backend") {
       this.reporter?.report({ step: 0, backend: { name: event.name, device: event.device, description: event.description, reason: event.reason } });
+    } else if (event.event === "warning") {
+      // The operator records it as a Warning Event on the job, where kubectl describe shows it.
+      this.reporter?.report({ step: this.step, warning: { reason: event.reason, message: event.message } });
     }
+    if (event.event === "step" || event.event === "start") this.step = event.step;
   }
 
   note(message: string): void {

@@ -42,8 +42,13 @@ export function encodeExample(example: Example, tokenizer: Tokenizer, options: E
     }
     case "preference": {
       const prompt = { text: example.prompt, loss: false };
-      const chosen = truncate(encodeSegments([prompt, { text: example.chosen, loss: true }], true, tokenizer), options.maxSeqLength);
-      const rejected = truncate(encodeSegments([prompt, { text: example.rejected, loss: true }], true, tokenizer), options.maxSeqLength);
+      // A chat template's reply ends in its end-of-turn token and then whitespace between turns,
+      // which carries no loss, as in the chat format (records.ts).
+      const completion = (text: string): TextSegment[] =>
+        example.chat ? [{ text: text.trimEnd(), loss: true }, { text: text.slice(text.trimEnd().length), loss: false }].filter((segment) => segment.text !== "") : [{ text, loss: true }];
+      const encode = (text: string) => truncate(encodeSegments([prompt, ...completion(text)], !example.chat, tokenizer), options.maxSeqLength);
+      const chosen = encode(example.chosen);
+      const rejected = encode(example.rejected);
       return hasLoss(chosen) && hasLoss(rejected) ? { kind: "preference", chosen, rejected } : undefined;
     }
     case "classification": {

@@ -111,10 +111,10 @@ describe("chat format", () => {
     const sequence = row(lmTokens(batch), 0);
     expect(tokenizer.decode(sequence.inputIds)).toBe(tokenizer.applyChatTemplate(messages));
     expect(sequence.inputIds[0]).toBe(BOS);
-    expect(labelledRuns(sequence)).toEqual(["Hello!<|im_end|>\n", "Paris.<|im_end|>\n"]);
+    expect(labelledRuns(sequence)).toEqual(["Hello!<|im_end|>", "Paris.<|im_end|>"]);
     // Exactly the positions of the two replies, counted from the rendered prefixes.
     const before = (count: number): number => tokenizer.encode(tokenizer.applyChatTemplate(messages.slice(0, count), { addGenerationPrompt: true })).length;
-    const reply = (text: string): number => tokenizer.encode(`${text}<|im_end|>\n`).length;
+    const reply = (text: string): number => tokenizer.encode(`${text}<|im_end|>`).length;
     const labelled = sequence.labels.flatMap((label, i) => (label === IGNORE_INDEX ? [] : [i]));
     const range = (start: number, length: number): number[] => Array.from({ length }, (_, i) => start + i);
     expect(labelled).toEqual([...range(before(2), reply("Hello!")), ...range(before(4), reply("Paris."))]);
@@ -132,7 +132,7 @@ describe("chat format", () => {
       ],
       { format: "chat", fields: { messages: "conversation", role: "from", content: "value" } },
     );
-    expect(labelledRuns(row(lmTokens(batch), 0))).toEqual(["Hello!<|im_end|>\n"]);
+    expect(labelledRuns(row(lmTokens(batch), 0))).toEqual(["Hello!<|im_end|>"]);
   });
 });
 
@@ -147,6 +147,44 @@ describe("preference format", () => {
     expect(chosen.labels.slice(0, 1 + prompt.length).every((label) => label === IGNORE_INDEX)).toBe(true);
     expect(labelledRuns(chosen)).toEqual([" Paris.<|endoftext|>"]);
     expect(labelledRuns(row(batch.rejected, 0))).toEqual([" The capital of France is a cat.<|endoftext|>"]);
+  });
+
+  const conversation = (reply: string) => [
+    { role: "user", content: "Capital of France?" },
+    { role: "assistant", content: reply },
+  ];
+  const rendered = (reply: string) => tokenizer.applyChatTemplate(conversation(reply), { addGenerationPrompt: false });
+
+  for (const [layout, record] of [
+    ["an explicit prompt", { prompt: conversation("").slice(0, 1), chosen: conversation("Paris.").slice(1), rejected: conversation("A cat.").slice(1) }],
+    ["the implicit prompt of two whole conversations", { chosen: conversation("Paris."), rejected: conversation("A cat.") }],
+  ] as const) {
+    it(`renders conversational pairs with the chat template, loss on the reply and its end-of-turn token (${layout})`, async () => {
+      const [batch] = await batches([record], { format: "preference" });
+      if (batch?.kind !== "preference") throw new Error("expected a preference batch");
+      const chosen = row(batch.chosen, 0);
+      // Tokenized whole, as the template renders it (its own BOS, no EOS added).
+      expect(chosen.inputIds).toEqual(tokenizer.encode(rendered("Paris."), { addSpecialTokens: false }));
+      expect(labelledRuns(chosen)).toEqual(["Paris.<|im_end|>"]);
+      expect(labelledRuns(row(batch.rejected, 0))).toEqual(["A cat.<|im_end|>"]);
+      const prompt = tokenizer.applyChatTemplate(conversation("").slice(0, 1), { addGenerationPrompt: true });
+      expect(tokenizer.decode(chosen.inputIds.slice(0, chosen.labels.findIndex((label) => label !== IGNORE_INDEX)))).toBe(prompt);
+    });
+  }
+
+  it("reports conversational records it cannot split into a prompt and two replies, naming the field", async () => {
+    const bad = async (record: object) => {
+      await expect(batches([record], { format: "preference" })).rejects.toThrow(/data.jsonl:1: /);
+      return batches([record], { format: "preference" }).catch((error: Error) => error.message);
+    };
+    expect(await bad({ chosen: conversation("Paris."), rejected: [{ role: "assistant", content: "A cat." }] })).toMatch(/share no leading messages, and there is no "prompt" field/);
+    expect(await bad({ prompt: "Capital of France?", chosen: conversation("Paris.").slice(1), rejected: conversation("A cat.").slice(1) })).toMatch(
+      /field "prompt" must be a list of messages when chosen and rejected are/,
+    );
+    expect(await bad({ prompt: conversation("").slice(0, 1), chosen: conversation("Paris.").slice(1), rejected: "A cat." })).toMatch(/field "rejected" must be a list of messages/);
+    expect(await bad({ prompt: conversation("").slice(0, 1), chosen: [{ role: "user", content: "Hi" }], rejected: conversation("A cat.").slice(1) })).toMatch(
+      /field "chosen" must end with a message with role "assistant"/,
+    );
   });
 });
 

@@ -14,7 +14,8 @@ export const FORMAT_FIELDS = {
   text: ["text"],
   instruction: ["instruction", "input", "output"],
   chat: ["messages", "role", "content"],
-  preference: ["prompt", "chosen", "rejected"],
+  /** chosen and rejected may also be lists of messages (TRL's conversational layout), whose role and content may be renamed. */
+  preference: ["prompt", "chosen", "rejected", "role", "content"],
   classification: ["text", "label"],
 } as const satisfies Record<DatasetFormat, readonly string[]>;
 

@@ -16,7 +16,12 @@ export interface TextSegment {
  */
 export type Example =
   | { kind: "lm"; segments: TextSegment[]; special: boolean }
-  | { kind: "preference"; prompt: string; chosen: string; rejected: string }
+  /**
+   * A preference pair: the prompt and the two completions as text. `chat` pairs were rendered
+   * with the chat template, which writes its own BOS and end-of-turn tokens; the others get the
+   * tokenizer's BOS and EOS as `lm` examples with `special` do.
+   */
+  | { kind: "preference"; prompt: string; chosen: string; rejected: string; chat?: boolean }
   | { kind: "classification"; text: string; label: number };
 
 /** What turning a line into an example needs besides the line. */
@@ -86,7 +91,7 @@ function toExample(fields: Fields, context: ExampleContext): Example {
     case "chat":
       return chatExample(fields, context);
     case "preference":
-      return { kind: "preference", prompt: fields.string("prompt"), chosen: fields.string("chosen"), rejected: fields.string("rejected") };
+      return preferenceExample(fields, context);
     case "classification":
       return { kind: "classification", text: fields.string("text"), label: classLabel(fields, context.classLabels) };
   }
@@ -117,10 +122,108 @@ function classLabel(fields: Fields, classLabels: string[] | undefined): number {
 }
 
 /**
+ * A preference record, in TRL's two layouts: standard (prompt, chosen and rejected strings) or
+ * conversational (lists of messages). A conversational record's prompt is its `prompt` messages,
+ * with chosen and rejected the assistant turn(s) that follow; without a prompt field, chosen and
+ * rejected are whole conversations and their shared leading messages are the prompt (TRL's
+ * implicit prompt). Each completion is what the chat template renders after the prompt with the
+ * generation prompt: the reply and the template's end-of-turn token.
+ */
+function preferenceExample(fields: Fields, context: ExampleContext): Example {
+  const chosenRaw = fields.required("chosen");
+  const rejectedRaw = fields.required("rejected");
+  const promptName = fields.name("prompt");
+  const promptRaw = fields.optional("prompt");
+  const conversational = [chosenRaw, rejectedRaw, promptRaw].some(Array.isArray);
+  if (!conversational) {
+    return { kind: "preference", prompt: fields.string("prompt"), chosen: fields.string("chosen"), rejected: fields.string("rejected") };
+  }
+  for (const field of ["chosen", "rejected"]) {
+    if (!Array.isArray(fields.required(field))) {
+      throw new LineProblem(`field "${fields.name(field)}" must be a list of messages like the other fields of this record, got ${describe(fields.required(field))}`);
+    }
+  }
+  if (promptRaw !== undefined && !Array.isArray(promptRaw)) {
+    throw new LineProblem(`field "${promptName}" must be a list of messages when chosen and rejected are, got ${describe(promptRaw)}`);
+  }
+  let chosen = parseMessages(chosenRaw, fields.name("chosen"), context);
+  let rejected = parseMessages(rejectedRaw, fields.name("rejected"), context);
+  let prompt: ChatMessage[];
+  if (promptRaw !== undefined) {
+    prompt = parseMessages(promptRaw, promptName, context);
+  } else {
+    let shared = 0;
+    while (shared < chosen.length - 1 && shared < rejected.length - 1 && sameMessage(chosen[shared]!, rejected[shared]!)) shared++;
+    if (shared === 0) {
+      throw new LineProblem(
+        `fields "${fields.name("chosen")}" and "${fields.name("rejected")}" share no leading messages, and there is no "${promptName}" field: give the prompt, or start both conversations with it`,
+      );
+    }
+    prompt = chosen.slice(0, shared);
+    chosen = chosen.slice(shared);
+    rejected = rejected.slice(shared);
+  }
+  for (const [field, messages] of [
+    ["chosen", chosen],
+    ["rejected", rejected],
+  ] as const) {
+    if (messages.length === 0 || messages.at(-1)!.role !== "assistant") {
+      throw new LineProblem(`field "${fields.name(field)}" must end with a message with role "assistant" after the prompt: that reply is what the pair compares`);
+    }
+  }
+  const tokenizer = context.tokenizer;
+  if (!tokenizer) return { kind: "preference", prompt: "", chosen: "", rejected: "", chat: true };
+  const render = (messages: ChatMessage[], addGenerationPrompt: boolean): string => {
+    try {
+      return tokenizer.applyChatTemplate(messages, { addGenerationPrompt });
+    } catch (error) {
+      throw new LineProblem(`the chat template failed on this conversation: ${(error as Error).message}`);
+    }
+  };
+  const promptText = render(prompt, true);
+  const completion = (field: string, reply: ChatMessage[]): string => {
+    const whole = render([...prompt, ...reply], false);
+    if (!whole.startsWith(promptText)) {
+      throw new LineProblem(`the chat template does not render the prompt as a prefix of the conversation with "${fields.name(field)}", so the reply cannot be located`);
+    }
+    return whole.slice(promptText.length);
+  };
+  return { kind: "preference", prompt: promptText, chosen: completion("chosen", chosen), rejected: completion("rejected", rejected), chat: true };
+}
+
+function sameMessage(a: ChatMessage, b: ChatMessage): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** A non-empty list of {role, content} messages (the names mapped by fields.role and fields.content). */
+function parseMessages(raw: unknown, name: string, context: ExampleContext): ChatMessage[] {
+  if (!Array.isArray(raw) || raw.length === 0) {
+    throw new LineProblem(`field "${name}" must be a non-empty array of messages, got ${describe(raw)}`);
+  }
+  const roleName = fieldName(context.fields, "role");
+  const contentName = fieldName(context.fields, "content");
+  return raw.map((entry: unknown, index) => {
+    const where = `${name}[${index}]`;
+    if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
+      throw new LineProblem(`field "${where}" must be an object with "${roleName}" and "${contentName}", got ${describe(entry)}`);
+    }
+    const { [roleName]: role, [contentName]: content, ...rest } = entry as Record<string, unknown>;
+    if (typeof role !== "string" || role === "") {
+      throw new LineProblem(`field "${where}.${roleName}" must be a non-empty string, got ${describe(role)}`);
+    }
+    if (typeof content !== "string") throw new LineProblem(`field "${where}.${contentName}" must be a string, got ${describe(content)}`);
+    return { ...rest, role, content };
+  });
+}
+
+/**
  * A conversation rendered with the chat template, split so that loss falls on assistant turns
  * only. For each assistant message i the template renders the conversation before it with the
  * generation prompt (P) and through it (Q); the turn is Q minus P: the reply and whatever the
- * template closes it with (an end-of-turn token), which the model must learn to produce. This
+ * template closes it with (an end-of-turn token), which the model must learn to produce, up to
+ * its last non-blank character: the newline ChatML writes after <|im_end|> separates turns and
+ * carries no loss, as in TRL's assistant-only loss, whose templates end the {% generation %}
+ * block at the end-of-turn token (tests/fixtures/hf/tokenizers). This
  * needs a template that renders a conversation's prefix as a prefix of its rendering, as
  * chat templates do; one that does not is reported.
  */
@@ -170,11 +273,24 @@ function chatExample(fields: Fields, context: ExampleContext): Example {
           "so the assistant turns cannot be located for the loss mask",
       );
     }
-    segments.push({ text: full.slice(done, before.length), loss: false }, { text: full.slice(before.length, through.length), loss: true });
-    done = through.length;
+    const end = before.length + turnLossLength(full.slice(before.length, through.length), message.content);
+    segments.push({ text: full.slice(done, before.length), loss: false }, { text: full.slice(before.length, end), loss: true });
+    done = end;
   });
   segments.push({ text: full.slice(done), loss: false });
   return { kind: "lm", segments: segments.filter((segment) => segment.text !== ""), special: false };
+}
+
+/**
+ * How much of an assistant turn (the reply and what the template closes it with) carries the
+ * loss: all but the whitespace the template writes after the end-of-turn token, and never less
+ * than the reply itself, whose own trailing whitespace the model must produce when a template
+ * writes nothing after it.
+ */
+function turnLossLength(turn: string, content: string): number {
+  const trimmed = turn.trimEnd().length;
+  const at = content === "" ? -1 : turn.lastIndexOf(content);
+  return Math.max(trimmed, at === -1 ? 0 : at + content.length);
 }
 
 /** The fields of one line's object, read by their names in the format through the field mapping. */
@@ -203,6 +319,12 @@ class Fields {
     if (typeof value !== "string") throw new LineProblem(`field "${name}" must be a string, got ${describe(value)}`);
     if (value.trim() === "") throw new LineProblem(`field "${name}" is empty`);
     return value;
+  }
+
+  /** A value that may be absent or null (undefined then). */
+  optional(field: string): unknown {
+    const value = this.object[this.name(field)];
+    return value === null ? undefined : value;
   }
 
   /** A string that may be absent or null. */

@@ -2,6 +2,7 @@ import type * as tf from "@tensorflow/tfjs-core";
 import type { CausalLM, ModelInputs } from "../model/model.ts";
 import type { Rng } from "../random.ts";
 import type { TensorMap } from "../safetensors/safetensors.ts";
+import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 
 /**
  * The one interface every parameter-efficient method implements (PEFT's tuners/<method>):
@@ -27,12 +28,22 @@ export interface InjectContext {
   taskType?: "CAUSAL_LM" | "SEQ_CLS";
   /** Where the method's options sit in the FineTuneJob, for error messages; default "spec.method". */
   optionsPath?: string;
+  /** The base model's tokenizer, for methods initialised from text (prompt tuning's TEXT init, SK-tuning). */
+  tokenizer?: Tokenizer;
 }
 
 /** A method injected into one model. */
 export interface Adapter {
   readonly type: string;
   readonly model: CausalLM;
+  /** Positions the method places before every input (prompt and prefix tuning); none when absent. */
+  readonly virtualTokens?: number;
+  /**
+   * True when the method trains the base model's own weights (full fine-tuning): its trainable
+   * parameters are the model's rather than added to them, and its output is a whole model
+   * folder (merge()'s state dict) instead of an adapter.
+   */
+  readonly trainsBaseWeights?: boolean;
   /**
    * Logits [batch, seq, vocab] with the adapter applied. Methods that rewrite the inputs
    * (prompt or prefix tuning) do it here, passing the other inputs on to model.forward

@@ -9,18 +9,24 @@ const MASKED = -1e9;
 /**
  * The additive attention bias [batch or 1, 1, seq, prefix + seq]: 0 where query i may attend to
  * key j, MASKED elsewhere. Keys are the prefix (always visible) then the input positions
- * (causal, and hidden where attentionMask is 0).
+ * (causal, and hidden where attentionMask is 0). With a sliding window, a query sees only keys
+ * less than `slidingWindow` positions back, itself included (Transformers' sliding_window_overlay:
+ * key > query - window), prefix keys counted as positions before the input.
  */
 export function attentionBias(
   batch: number,
   seq: number,
   prefixLength: number,
   attentionMask: tf.Tensor2D | undefined,
+  slidingWindow?: number,
 ): tf.Tensor4D {
   const total = prefixLength + seq;
   const causal = new Float32Array(seq * total);
   for (let i = 0; i < seq; i++) {
-    for (let j = prefixLength + i + 1; j < total; j++) causal[i * total + j] = MASKED;
+    const query = prefixLength + i;
+    for (let j = 0; j < total; j++) {
+      if (j > query || (slidingWindow !== undefined && j <= query - slidingWindow)) causal[i * total + j] = MASKED;
+    }
   }
   const bias = tf.tensor4d(causal, [1, 1, seq, total]);
   if (!attentionMask) return bias;
@@ -38,11 +44,14 @@ export function attentionBias(
  * Scaled dot-product attention with grouped-query heads.
  * q: [batch, heads, seq, headDim]; k, v: [batch, kvHeads, keys, headDim]; bias from attentionBias.
  * Returns [batch, seq, heads * headDim]. Query head h uses key/value head
- * floor(h / (heads / kvHeads)), as Hugging Face's repeat_kv.
+ * floor(h / (heads / kvHeads)), as Hugging Face's repeat_kv. `probabilityMask`
+ * [batch, heads, seq, keys] multiplies the attention probabilities (dropout in training).
  */
-export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, bias: tf.Tensor4D, scale: number): tf.Tensor3D {
+export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, bias: tf.Tensor4D, scale: number, probabilityMask?: tf.Tensor): tf.Tensor3D {
   const [batch, heads, seq, headDim] = q.shape;
-  const context = usePerHeadAttention() ? perHeadAttention(q, k, v, bias, scale) : batchedAttention(q, k, v, bias, scale);
+  const context = usePerHeadAttention()
+    ? perHeadAttention(q, k, v, bias, scale, probabilityMask)
+    : batchedAttention(q, k, v, bias, scale, probabilityMask);
   return tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch, seq, heads * headDim]);
 }
 
@@ -64,13 +73,21 @@ function usePerHeadAttention(): boolean {
  * axis, [batch, kvHeads, group * seq, headDim], so k and v need no copies. Returns
  * [batch, heads, seq, headDim].
  */
-export function batchedAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, bias: tf.Tensor4D, scale: number): tf.Tensor4D {
+export function batchedAttention(
+  q: tf.Tensor4D,
+  k: tf.Tensor4D,
+  v: tf.Tensor4D,
+  bias: tf.Tensor4D,
+  scale: number,
+  probabilityMask?: tf.Tensor,
+): tf.Tensor4D {
   const [batch, heads, seq, headDim] = q.shape;
   const [, kvHeads, keys] = k.shape;
   const group = heads / kvHeads;
   const grouped = tf.reshape(q, [batch, kvHeads, group * seq, headDim]);
   const scores = tf.reshape(tf.matMul(grouped, k, false, true), [batch, heads, seq, keys]);
-  const probs = tf.softmax(tf.add(tf.mul(scores, scale), bias));
+  const softmax = tf.softmax(tf.add(tf.mul(scores, scale), bias));
+  const probs = probabilityMask ? tf.mul(softmax, probabilityMask) : softmax;
   const context = tf.matMul(tf.reshape(probs, [batch, kvHeads, group * seq, keys]), v);
   return tf.reshape(context, [batch, heads, seq, headDim]);
 }
@@ -79,15 +96,27 @@ type GradientArgs = Array<tf.Tensor | tf.GradSaveFunc>;
 
 /**
  * The same attention computed head by head with 2-D matMuls, with its backward pass written
- * out: with P = softmax(scale · Q Kᵀ + bias) and O = P V,
- *   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ = scale · dS K,  dK = scale · dSᵀ Q.
+ * out: with P = softmax(scale · Q Kᵀ + bias), M the probability mask (all ones without one) and
+ * O = (P ⊙ M) V,
+ *   dV = (P ⊙ M)ᵀ dO,  dP = (dO Vᵀ) ⊙ M,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ = scale · dS K,  dK = scale · dSᵀ Q.
  * Heads are cut out of the input values in JavaScript (cheap on CPU backends, where reading a
  * tensor is a copy), and key/value gradients of heads sharing a key/value head are summed.
  * Returns [batch, heads, seq, headDim].
  */
-export function perHeadAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, bias: tf.Tensor4D, scale: number): tf.Tensor4D {
+export function perHeadAttention(
+  q: tf.Tensor4D,
+  k: tf.Tensor4D,
+  v: tf.Tensor4D,
+  bias: tf.Tensor4D,
+  scale: number,
+  probabilityMask?: tf.Tensor,
+): tf.Tensor4D {
   const [batch, heads, seq, headDim] = q.shape;
   const [, kvHeads, keys] = k.shape;
+  const maskValues = probabilityMask?.dataSync() as Float32Array | undefined;
+  // Head h's mask [seq, keys], or undefined without dropout.
+  const headMask = (head: number) =>
+    maskValues ? tf.tensor2d(maskValues.subarray(head * seq * keys, (head + 1) * seq * keys), [seq, keys]) : undefined;
   const group = heads / kvHeads;
   const querySize = seq * headDim;
   const keySize = keys * headDim;
@@ -113,7 +142,8 @@ export function perHeadAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D,
       const probs = tf.tidy(() => {
         const scores = tf.matMul(slice(qValues, head, seq), tf.transpose(slice(kValues, kvIndex(head), keys)));
         const p = tf.softmax(tf.add(tf.mul(scores, scale), rowBias));
-        output.set(tf.matMul(p, slice(vValues, kvIndex(head), keys)).dataSync() as Float32Array, head * querySize);
+        const mask = headMask(head);
+        output.set(tf.matMul(mask ? tf.mul(p, mask) : p, slice(vValues, kvIndex(head), keys)).dataSync() as Float32Array, head * querySize);
         return p;
       });
       probabilities.push(probs);
@@ -133,8 +163,10 @@ export function perHeadAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D,
             const p = saved[head] as tf.Tensor2D;
             const kv = kvIndex(head);
             const dOut = slice(dyValues, head, seq);
-            addAt(dv, tf.matMul(tf.transpose(p), dOut), kv * keySize);
-            const dP = tf.matMul(dOut, tf.transpose(slice(vValues, kv, keys)));
+            const mask = headMask(head);
+            addAt(dv, tf.matMul(tf.transpose(mask ? tf.mul(p, mask) : p), dOut), kv * keySize);
+            const dMaskedP = tf.matMul(dOut, tf.transpose(slice(vValues, kv, keys)));
+            const dP = mask ? tf.mul(dMaskedP, mask) : dMaskedP;
             const dS = tf.mul(tf.mul(p, tf.sub(dP, tf.sum(tf.mul(dP, p), 1, true))), scale);
             dq.set(tf.matMul(dS, slice(kValues, kv, keys)).dataSync() as Float32Array, head * querySize);
             addAt(dk, tf.matMul(tf.transpose(dS), slice(qValues, head, seq)), kv * keySize);

@@ -3,6 +3,8 @@ import { attention, attentionBias, splitHeads } from "./attention.ts";
 import type { Gpt2Config } from "./config.ts";
 import {
   FrozenWeightsModel,
+  dropout,
+  dropoutMask,
   forwardContext,
   inputEmbeddings,
   prefixLength,
@@ -21,7 +23,10 @@ import {
  *   per layer: h += attn.c_proj(attention(split(attn.c_attn(ln_1(h)))))
  *              h += mlp.c_proj(gelu(mlp.c_fc(ln_2(h))))
  *   logits = lm_head(ln_f(h)), lm_head tied to wte
- * The projections are Conv1D modules, whose weights Hugging Face stores [in, out].
+ * The projections are Conv1D modules, whose weights Hugging Face stores [in, out]. In training,
+ * dropout as config.json says, where GPT2Model has it: on wte + wpe (embd_pdrop), on the
+ * attention probabilities (attn_pdrop) and on attn.c_proj's and mlp.c_proj's outputs
+ * (resid_pdrop), with masks from the model's dropoutRng.
  */
 
 /** Every weight of the model by Hugging Face name (GPT2LMHeadModel's, with "transformer."), with its shape. */
@@ -115,12 +120,14 @@ export class Gpt2Model extends FrozenWeightsModel implements CausalLM {
         throw new Error(`model forward: ${prefix + seq} positions exceed GPT-2's n_positions (${config.maxPositions}); use a shorter maxSeqLength`);
       }
       const positions = tf.slice(this.positionEmbedding, [prefix, 0], [seq, config.hiddenSize]);
-      let h = tf.add(tokens, positions) as tf.Tensor3D;
+      let h = dropout(tf.add(tokens, positions), config.embeddingDropout, context.training, this.dropoutRng, "embedding") as tf.Tensor3D;
       const bias = attentionBias(batch, seq, prefix, inputs.attentionMask);
+      const generators = this.dropoutRng && context.training ? [this.dropoutRng] : [];
       this.layers.forEach((layer, i) => {
         const weights = {
           modules: [layer.attention, layer.attentionProjection, layer.fc, layer.mlpProjection],
           variables: [layer.ln1.weight, layer.ln1.bias, layer.ln2.weight, layer.ln2.bias],
+          generators,
         };
         h = transformerBlock(inputs, weights, h, inputs.pastKeyValuesPrefix?.[i], [bias], (x, prefix, [b]) => this.block(layer, i, x, b, prefix, context));
       });
@@ -137,24 +144,36 @@ export class Gpt2Model extends FrozenWeightsModel implements CausalLM {
     prefix: KeyValuePrefix | undefined,
     context: ForwardContext,
   ): tf.Tensor3D {
-    const { numHeads, hiddenSize, layerNormEps } = this.config;
+    const { numHeads, hiddenSize, layerNormEps, attentionDropout, residualDropout } = this.config;
+    const { training } = context;
     const headDim = hiddenSize / numHeads;
     let scale = this.config.scaleAttnWeights ? 1 / Math.sqrt(headDim) : 1;
     if (this.config.scaleAttnByInverseLayerIdx) scale /= index + 1;
 
     const qkv = layer.attention.forward(layerNorm(h, layer.ln1, layerNormEps), context);
     const [q, k, v] = tf.split(qkv, 3, -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
+    const keys = withPrefix(prefix?.key, splitHeads(k, numHeads, headDim));
+    const values = withPrefix(prefix?.value, splitHeads(v, numHeads, headDim));
+    this.attendedKeyValues(keys, values);
+    const [batch, , keyCount] = keys.shape;
+    const probabilityMask =
+      training && attentionDropout > 0
+        ? dropoutMask([batch, numHeads, h.shape[1], keyCount], attentionDropout, this.dropoutRng, "attention")
+        : undefined;
     const attended = attention(
       splitHeads(q, numHeads, headDim),
-      withPrefix(prefix?.key, splitHeads(k, numHeads, headDim)),
-      withPrefix(prefix?.value, splitHeads(v, numHeads, headDim)),
+      keys,
+      values,
       bias,
       scale,
+      probabilityMask,
     );
-    h = tf.add(h, layer.attentionProjection.forward(attended, context));
+    const attentionOutput = layer.attentionProjection.forward(attended, context);
+    h = tf.add(h, dropout(attentionOutput, residualDropout, training, this.dropoutRng, "residual"));
 
     const hidden = layer.fc.forward(layerNorm(h, layer.ln2, layerNormEps), context);
-    return tf.add(h, layer.mlpProjection.forward(this.activation(hidden), context));
+    const mlpOutput = layer.mlpProjection.forward(this.activation(hidden), context);
+    return tf.add(h, dropout(mlpOutput, residualDropout, training, this.dropoutRng, "residual"));
   }
 
   private activation(x: tf.Tensor): tf.Tensor {

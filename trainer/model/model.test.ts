@@ -6,7 +6,7 @@ import { selectBackend } from "../backend/backend.ts";
 import { Rng } from "../random.ts";
 import { logitsOf, relativeError, sampleIds } from "../testing/compare.ts";
 import { referenceGpt2Logits, referenceLlamaLogits, type ReferenceInputs } from "../testing/reference.ts";
-import { TINY_GPT2, TINY_LLAMA, writeTinyModel, type TinyModel, type TinyModelOptions } from "../testing/tiny-models.ts";
+import { TINY_GEMMA3, TINY_GPT2, TINY_LLAMA, TINY_PHI3, TINY_QWEN3, writeTinyModel, type TinyModel, type TinyModelOptions } from "../testing/tiny-models.ts";
 import { createModelFromStateDict, loadModel } from "./loader.ts";
 import type { CausalLM } from "./model.ts";
 
@@ -82,6 +82,39 @@ describe("Llama family logits match the float64 reference", () => {
   it("Mistral from F16 and BF16 shards listed in model.safetensors.index.json", async () => {
     const config = { ...TINY_LLAMA, architectures: ["MistralForCausalLM"], model_type: "mistral", sliding_window: null };
     expect(await llamaError(config, { shards: 3, dtypes: ["F16", "BF16", "F32"] })).toBeLessThan(MAX_RELATIVE_ERROR);
+  });
+
+  it("Mistral with a sliding window shorter than the input", async () => {
+    const config = { ...TINY_LLAMA, architectures: ["MistralForCausalLM"], model_type: "mistral", sliding_window: 3 };
+    expect(await llamaError(config)).toBeLessThan(MAX_RELATIVE_ERROR);
+  });
+
+  it("Qwen3 with q/k norms, a head_dim apart from hidden / heads, and attention bias", async () => {
+    expect(await llamaError({ ...TINY_QWEN3, attention_bias: true })).toBeLessThan(MAX_RELATIVE_ERROR);
+  });
+
+  it("Gemma 3 text: (1 + w) norms around both sublayers, scaled embeddings, GELU, its attention scalar, sliding layers with a local rotary base", async () => {
+    expect(await llamaError(TINY_GEMMA3)).toBeLessThan(MAX_RELATIVE_ERROR);
+  });
+
+  it("Phi-3: fused qkv_proj and gate_up_proj, rotary on half of each head, a sliding window", async () => {
+    expect(await llamaError(TINY_PHI3)).toBeLessThan(MAX_RELATIVE_ERROR);
+  });
+
+  it("keys and values given as a prefix to Gemma 3, counted in its sliding window", async () => {
+    const rng = Rng.fromSeed(6);
+    const prefixLength = 2;
+    const random = () => [Array.from({ length: TINY_GEMMA3.num_key_value_heads }, () =>
+      Array.from({ length: prefixLength }, () => Array.from({ length: TINY_GEMMA3.head_dim }, () => Math.fround(rng.uniform(-1, 1)))))];
+    const prefix = Array.from({ length: TINY_GEMMA3.num_hidden_layers }, () => ({ key: random(), value: random() }));
+    const folder = await tiny(TINY_GEMMA3);
+    const model = await loadModel(folder.store);
+    const pastKeyValuesPrefix = prefix.map(({ key, value }) => ({ key: tf.tensor4d(key), value: tf.tensor4d(value) }));
+    const actual = logitsOf(model, IDS, MASK, { pastKeyValuesPrefix });
+    const expected = referenceLlamaLogits(TINY_GEMMA3, folder.weights, { ids: IDS, mask: MASK, prefix }).flat(2);
+    expect(relativeError(actual, expected)).toBeLessThan(MAX_RELATIVE_ERROR);
+    tf.dispose(pastKeyValuesPrefix.flatMap(({ key, value }) => [key, value]));
+    model.dispose();
   });
 
   it("keys and values given as a prefix, with positions starting after it", async () => {
@@ -248,7 +281,7 @@ describe("loading a broken model folder", () => {
     const folder = await tiny(TINY_LLAMA);
     await writeFile(path.join(folder.dir, "config.json"), JSON.stringify({ ...TINY_LLAMA, architectures: ["FalconForCausalLM"] }));
     await expect(loadModel(folder.store)).rejects.toThrow(
-      'config.json: unsupported architecture "FalconForCausalLM"; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel',
+      'config.json: unsupported architecture "FalconForCausalLM"; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, GPT2LMHeadModel',
     );
     const model = await loadModel(folder.store, { architecture: "llama" });
     expect(model.config.architecture).toBe("LlamaForCausalLM");

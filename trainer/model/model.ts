@@ -23,10 +23,25 @@ export interface CausalLM {
    * output head applied to the final hidden states, which skipOutputHead returns instead.
    */
   forward(inputs: ModelInputs): tf.Tensor3D;
+  /**
+   * Each layer's keys and values for `inputs`, exactly what its attention attends over (and what
+   * a Hugging Face key/value cache holds): per key/value head, after the key norm and the rotary
+   * embedding of their positions, any pastKeyValuesPrefix first. [batch, numKeyValueHeads,
+   * prefix + seq, headDim] per layer; the caller disposes them. Passing them back as
+   * pastKeyValuesPrefix makes a later pass read the input as if it followed these tokens.
+   */
+  keyValues(inputs: ModelInputs): KeyValuePrefix[];
   /** The weights under their Hugging Face names and layouts, as a model.safetensors would hold them. */
   stateDict(): TensorMap;
   /** Number of base-model parameters (a tied output head counts once). */
   parameterCount(): number;
+  /**
+   * The generator that the model's own dropout (config.json's attention, residual and embedding
+   * dropout) draws its masks from in training. The trainer sets it to the run's checkpointed
+   * generator, so a resumed run draws the same masks; training a model whose config has dropout
+   * without one fails.
+   */
+  dropoutRng: Rng | undefined;
   /** Frees every tensor the model holds. */
   dispose(): void;
 }
@@ -43,7 +58,7 @@ export interface ModelInputs {
    * then start after the prefix, as they do in Hugging Face with past_key_values.
    */
   pastKeyValuesPrefix?: readonly KeyValuePrefix[];
-  /** Enables training-only behaviour such as adapter dropout. */
+  /** Enables training-only behaviour: the model's dropout (see CausalLM.dropoutRng) and adapter dropout. */
   training?: boolean;
   /** Runs the base model alone, bypassing every linear wrapper (e.g. the DPO reference model). */
   disableAdapters?: boolean;
@@ -187,6 +202,11 @@ export class FrozenWeights {
     return this.owned.reduce((sum, { variable }) => sum + variable.size, 0);
   }
 
+  /** The variables holding the weights, by Hugging Face name, in load order (a tied head's copy is not one). */
+  variables(): Map<string, tf.Variable> {
+    return new Map(this.owned.map(({ name, variable }) => [name, variable]));
+  }
+
   dispose(): void {
     for (const { variable } of this.owned) variable.dispose();
     for (const variable of this.derived) variable.dispose();
@@ -249,14 +269,14 @@ export function withPrefix(prefix: tf.Tensor4D | undefined, tensor: tf.Tensor4D)
  * One transformer block, `block(h, prefix, constants)`, run under gradient checkpointing when the
  * inputs ask for it. `modules` are its linear modules and `variables` its other weights (norms):
  * gradients reach those that are trained through the recomputation, and the random generators
- * of the modules' wrappers are replayed. `constants` are the tensors from outside the block that
+ * of the modules' wrappers and `generators` (the model's own dropout) are replayed. `constants` are the tensors from outside the block that
  * need no gradient (attention bias, rotary tables); block must read them from its argument,
  * which holds copies kept for the recomputation. A layer's prefix carries gradients (prefix
  * tuning), so it goes in as an input of the recomputation.
  */
 export function transformerBlock<C extends tf.Tensor[]>(
   inputs: ModelInputs,
-  weights: { modules: readonly Linear[]; variables: readonly tf.Variable[] },
+  weights: { modules: readonly Linear[]; variables: readonly tf.Variable[]; generators?: readonly Rng[] },
   h: tf.Tensor3D,
   prefix: KeyValuePrefix | undefined,
   constants: [...C],
@@ -265,7 +285,7 @@ export function transformerBlock<C extends tf.Tensor[]>(
   if (!inputs.gradientCheckpointing) return block(h, prefix, constants as C);
   const { modules } = weights;
   const variables = [...weights.variables, ...modules.flatMap((module) => module.trainableVariables())];
-  const generators = modules.flatMap((module) => (module.wrapper?.rng ? [module.wrapper.rng] : []));
+  const generators = [...(weights.generators ?? []), ...modules.flatMap((module) => (module.wrapper?.rng ? [module.wrapper.rng] : []))];
   const blockInputs = prefix ? [h, prefix.key, prefix.value] : [h];
   return recomputeInBackward(
     (...tensors) => {
@@ -279,15 +299,74 @@ export function transformerBlock<C extends tf.Tensor[]>(
 }
 
 /**
+ * Inverted dropout as torch's nn.Dropout in training: each value is kept with probability
+ * 1 - rate and then divided by it. The mask comes from `rng` (nextFloat() < 1 - rate keeps),
+ * drawn in row-major order of `x`, so the same generator state gives the same mask: what
+ * checkpoint resume and recomputation (transformerBlock) rely on. Returns x when not training or
+ * rate is 0, drawing nothing.
+ */
+export function dropout(x: tf.Tensor, rate: number, training: boolean, rng: Rng | undefined, what: string): tf.Tensor {
+  if (!training || rate === 0) return x;
+  return tf.mul(x, dropoutMask(x.shape, rate, rng, what));
+}
+
+/** The scaled keep mask of `dropout` for a tensor of `shape`: 1 / (1 - rate) where kept, else 0. */
+export function dropoutMask(shape: readonly number[], rate: number, rng: Rng | undefined, what: string): tf.Tensor {
+  if (!rng) {
+    throw new Error(`model forward: training with ${what} dropout ${rate} (config.json) needs a random generator; set the model's dropoutRng`);
+  }
+  const keep = 1 - rate;
+  const mask = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  for (let i = 0; i < mask.length; i++) mask[i] = rng.nextFloat() < keep ? 1 / keep : 0;
+  return tf.tensor(mask, [...shape]);
+}
+
+/**
  * What every model class shares: the frozen weights it was built from (which it owns and
  * disposes) and the registry of its linear modules by Hugging Face path.
  */
 export abstract class FrozenWeightsModel {
   readonly linears = new Map<string, Linear>();
+  dropoutRng: Rng | undefined;
   protected readonly weights: FrozenWeights;
+  /** Where keyValues collects each layer's keys and values during its pass; undefined otherwise. */
+  private keyValueSink: KeyValuePrefix[] | undefined;
 
   constructor(weights: Map<string, tf.Tensor>) {
     this.weights = new FrozenWeights(weights);
+  }
+
+  abstract readonly config: ModelConfig;
+  abstract forward(inputs: ModelInputs): tf.Tensor3D;
+
+  /**
+   * CausalLM.keyValues: one forward pass (without the output head, dropout or recomputation)
+   * during which every layer hands over the keys and values it attends over (attendedKeyValues),
+   * so they are the model's own by construction, whatever its projections, norms and rotary.
+   */
+  keyValues(inputs: ModelInputs): KeyValuePrefix[] {
+    const collected: KeyValuePrefix[] = [];
+    this.keyValueSink = collected;
+    try {
+      this.forward({ ...inputs, training: false, gradientCheckpointing: false, skipOutputHead: true }).dispose();
+    } catch (error) {
+      for (const { key, value } of collected) tf.dispose([key, value]);
+      throw error;
+    } finally {
+      this.keyValueSink = undefined;
+    }
+    if (collected.length !== this.config.numLayers) {
+      throw new Error(`model keyValues: ${collected.length} layers handed over keys and values, the model has ${this.config.numLayers}`);
+    }
+    return collected;
+  }
+
+  /**
+   * Called by each layer, in order, with the keys and values [batch, kvHeads, keys, headDim] it
+   * passes to attention; kept (outside the pass's tidy) only while keyValues collects them.
+   */
+  protected attendedKeyValues(key: tf.Tensor4D, value: tf.Tensor4D): void {
+    this.keyValueSink?.push({ key: tf.keep(key.clone()), value: tf.keep(value.clone()) });
   }
 
   stateDict(): TensorMap {
@@ -296,6 +375,14 @@ export abstract class FrozenWeightsModel {
 
   parameterCount(): number {
     return this.weights.parameterCount();
+  }
+
+  /**
+   * The variables the model computes with, by the Hugging Face name of the weight each holds
+   * (an nn.Linear weight as its [in, out] kernel): what full fine-tuning makes trainable.
+   */
+  weightVariables(): Map<string, tf.Variable> {
+    return this.weights.variables();
   }
 
   dispose(): void {

@@ -60,6 +60,28 @@ describe("mergeAdapter", () => {
     expect(result.manifest.files.map((file) => file.name).sort()).toEqual(["config.json", "model.safetensors"]);
   });
 
+  it("writes shards and model.safetensors.index.json, as save_pretrained does, when the model exceeds the shard size", async () => {
+    const { base, dir, expected } = await adapterFolder(TINY_LLAMA, { r: 4, alpha: 8, targetModules: ["q_proj", "v_proj"] }, "adapter-sharded");
+    const out = path.join(scratch, "merged-sharded");
+    const total = [...expected.values()].reduce((sum, tensor) => sum + tensor.data.length * 4, 0);
+    const result = await mergeAdapter({ adapter: new LocalObjectStore(dir), base: base.store, out: new LocalObjectStore(out) }, { maxShardBytes: Math.ceil(total / 3) });
+    const index = JSON.parse(await readFile(path.join(out, "model.safetensors.index.json"), "utf8")) as { metadata: { total_size: number }; weight_map: Record<string, string> };
+    expect(index.metadata.total_size).toBe(total);
+    const shards = [...new Set(Object.values(index.weight_map))].sort();
+    expect(shards.length).toBeGreaterThanOrEqual(3);
+    expect(shards[0]).toMatch(new RegExp(`^model-00001-of-${String(shards.length).padStart(5, "0")}\\.safetensors$`));
+    const merged: TensorMap = new Map();
+    for (const shard of shards) {
+      for (const [name, tensor] of readSafetensors(await readFile(path.join(out, shard)), shard).tensors) {
+        expect(index.weight_map[name]).toBe(shard);
+        merged.set(name, tensor);
+      }
+    }
+    expect([...merged.keys()].sort()).toEqual([...expected.keys()].sort());
+    for (const [name, tensor] of expected) expect(merged.get(name)!.data, name).toEqual(tensor.data);
+    expect(result.manifest.files.map((file) => file.name).sort()).toEqual(["config.json", ...shards, "model.safetensors.index.json"].sort());
+  });
+
   it("refuses a folder that is not a PEFT adapter, naming the missing file", async () => {
     const base = await writeTinyModel(TINY_LLAMA, { seed: 5 });
     models.push(base);
@@ -68,14 +90,18 @@ describe("mergeAdapter", () => {
     );
   });
 
-  it("refuses DoRA and other adapter types, and an adapter that does not fit the base", async () => {
+  it("refuses adapter types it cannot fold, and an adapter that does not fit the base", async () => {
     const { dir } = await adapterFolder(TINY_LLAMA, { r: 2 }, "adapter-dora");
     const config = JSON.parse(await readFile(path.join(dir, "adapter_config.json"), "utf8")) as Record<string, unknown>;
-    await writeFile(path.join(dir, "adapter_config.json"), JSON.stringify({ ...config, use_dora: true }));
+    await writeFile(path.join(dir, "adapter_config.json"), JSON.stringify({ ...config, peft_type: "PREFIX_TUNING" }));
     const gpt2 = await writeTinyModel(TINY_GPT2, { seed: 5 });
     models.push(gpt2);
     const out = new LocalObjectStore(path.join(scratch, "out-dora"));
-    await expect(mergeAdapter({ adapter: new LocalObjectStore(dir), base: gpt2.store, out })).rejects.toThrow(/a DoRA adapter; kubetune merge folds LoRA adapters/);
+    await expect(mergeAdapter({ adapter: new LocalObjectStore(dir), base: gpt2.store, out })).rejects.toThrow(/a PREFIX_TUNING adapter; kubetune merge folds LoRA, DoRA and IA3 adapters/);
+    await writeFile(path.join(dir, "adapter_config.json"), JSON.stringify({ ...config, peft_type: "BOTTLENECK_ADAPTER" }));
+    await expect(mergeAdapter({ adapter: new LocalObjectStore(dir), base: gpt2.store, out })).rejects.toThrow(/nonlinearity cannot be folded/);
+    await writeFile(path.join(dir, "adapter_config.json"), JSON.stringify({ ...config, use_dora: true }));
+    await expect(mergeAdapter({ adapter: new LocalObjectStore(dir), base: gpt2.store, out })).rejects.toThrow(/does not fit the base model/);
     await writeFile(path.join(dir, "adapter_config.json"), JSON.stringify(config));
     const refused = mergeAdapter({ adapter: new LocalObjectStore(dir), base: gpt2.store, out });
     await expect(refused).rejects.toBeInstanceOf(MergeError);

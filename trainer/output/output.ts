@@ -1,17 +1,20 @@
 import { joinKey, StorageError, type ObjectStore } from "../../storage/object-store.ts";
-import { MANIFEST_FILE, publish, type Manifest } from "../../storage/publish.ts";
+import { MANIFEST_FILE, publish, type FileContent, type Manifest } from "../../storage/publish.ts";
 import type { Adapter } from "../methods/method.ts";
 import { lossPlotSvg } from "../report/loss-plot.ts";
 import { writeSafetensors } from "../safetensors/safetensors.ts";
 import type { TrainingMetrics } from "./metrics.ts";
+import { shardedWeightFiles } from "./shards.ts";
 
 /**
  * The output folder of a job, in Hugging Face PEFT's layout so that PEFT (and, for LoRA, vLLM)
  * loads it as it is:
  *   adapter_config.json, adapter_model.safetensors  the adapter (PEFT.md)
  *   training_metrics.json, loss.svg                 how training went
+ *   config.json, model.safetensors, tokenizer files  instead of the adapter, for full fine-tuning
  *   merged/                                         with output.mergeIntoBase: a whole model folder
- *                                                   (config.json, model.safetensors, tokenizer files)
+ *                                                   (config.json, model.safetensors or shards with
+ *                                                   model.safetensors.index.json, tokenizer files)
  *   manifest.json                                   written last: the folder is complete once it exists
  */
 export const ADAPTER_CONFIG_FILE = "adapter_config.json";
@@ -32,13 +35,20 @@ const MODEL_SIDE_FILES = [
   "merges.txt",
 ];
 
+/** peft_type values that Hugging Face PEFT loads (the methods here that export PEFT's format). */
+const PEFT_TYPES = ["LORA", "IA3", "PREFIX_TUNING", "PROMPT_TUNING"];
+
 /**
- * Servers that load the output as it is: PEFT loads every adapter; vLLM loads LoRA without DoRA
- * or modules_to_save up to its default --max-lora-rank of 16 (PEFT.md); Transformers loads the
- * merged model.
+ * Servers that load the output as it is (status.outputs.loadableBy):
+ * - PEFT loads every PEFT-format adapter (LoRA, DoRA, IA3, prefix and prompt tuning, SK-tuning);
+ * - vLLM loads LoRA without DoRA or modules_to_save up to its default --max-lora-rank of 16
+ *   (PEFT.md), and serves a whole model folder (full fine-tuning) as any model;
+ * - Transformers loads a whole model folder: the merged model, or full fine-tuning's output;
+ * - kubetune alone loads a bottleneck adapter (docs/adapters.md), which no server knows.
  */
-export function loadableBy(adapterConfig: Record<string, unknown>, merged: boolean): string[] {
-  const servers = ["PEFT"];
+export function loadableBy(adapterConfig: Record<string, unknown>, merged: boolean, wholeModel = false): string[] {
+  if (wholeModel) return ["Transformers", "vLLM"];
+  const servers: string[] = PEFT_TYPES.includes(String(adapterConfig.peft_type)) ? ["PEFT"] : ["kubetune"];
   const vllmLoads =
     adapterConfig.peft_type === "LORA" && adapterConfig.use_dora !== true && adapterConfig.modules_to_save == null && Number(adapterConfig.r) <= 16;
   if (vllmLoads) servers.push("vLLM");
@@ -86,18 +96,27 @@ export function reportFiles(metrics: TrainingMetrics, title: string): Record<str
 
 /**
  * The merged model under merged/: the base folder's config.json and tokenizer files as they
- * are, and model.safetensors with the adapter folded into the base weights (float32).
+ * are, and the weights with the adapter folded in (float32) as save_pretrained writes them:
+ * model.safetensors, or shards of at most maxShardBytes (default 5 GB) with
+ * model.safetensors.index.json. The shards are streamed when written (trainer/output/shards.ts).
  */
-export async function mergedModelFiles(adapter: Adapter, baseModel: ObjectStore): Promise<Record<string, Buffer>> {
-  const files: Record<string, Buffer> = {};
+export async function mergedModelFiles(
+  adapter: Adapter,
+  baseModel: ObjectStore,
+  options: { maxShardBytes?: number; folder?: string } = {},
+): Promise<Record<string, FileContent>> {
+  // Full fine-tuning writes its model at the top of the output folder (folder "").
+  const folder = options.folder ?? MERGED_FOLDER;
+  const inFolder = (name: string) => (folder === "" ? name : joinKey(folder, name));
+  const files: Record<string, FileContent> = {};
   for (const name of MODEL_SIDE_FILES) {
     try {
-      files[joinKey(MERGED_FOLDER, name)] = await baseModel.get(name);
+      files[inFolder(name)] = await baseModel.get(name);
     } catch (error) {
       if (!(error instanceof StorageError && error.code === "NotFound")) throw error;
     }
   }
-  files[joinKey(MERGED_FOLDER, "model.safetensors")] = writeSafetensors(adapter.merge());
+  for (const [name, content] of Object.entries(shardedWeightFiles(adapter.merge(), options))) files[inFolder(name)] = content;
   return files;
 }
 
@@ -106,7 +125,7 @@ export async function mergedModelFiles(adapter: Adapter, baseModel: ObjectStore)
  * output. An earlier run's manifest is removed first, so it never vouches for files half
  * replaced by this run.
  */
-export async function writeOutputs(store: ObjectStore, files: Record<string, Buffer | string>, metadata: Record<string, unknown>): Promise<Manifest> {
+export async function writeOutputs(store: ObjectStore, files: Record<string, FileContent>, metadata: Record<string, unknown>): Promise<Manifest> {
   await store.delete([MANIFEST_FILE]);
   return publish(store, "", files, metadata);
 }

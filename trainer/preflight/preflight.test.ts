@@ -120,4 +120,37 @@ describe("preflight", () => {
       },
     ]);
   });
+
+  it("refuses a method that cannot work on the model's architecture, as InvalidSpec naming the field, before any weight is read", async () => {
+    const { input } = await setup();
+    expect(await preflight({ ...input, method: { type: "lora", options: { targetModules: ["c_attn"] }, optionsPath: "spec.method.lora" } })).toEqual([
+      {
+        reason: "InvalidSpec",
+        message:
+          'spec.method.lora.targetModules: "c_attn" matches no linear module of LlamaForCausalLM; its linear modules are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head',
+      },
+    ]);
+    expect(await preflight({ ...input, method: { type: "ia3", options: { targetModules: ["mlp.c_proj"] }, optionsPath: "spec.method.ia3" } })).toEqual([
+      { reason: "InvalidSpec", message: expect.stringMatching(/^spec\.method\.ia3\.targetModules: "mlp\.c_proj" matches no linear module of LlamaForCausalLM/) },
+    ]);
+    for (const method of [
+      { type: "lora", options: {} },
+      { type: "dora", options: { targetModules: "all-linear" } },
+      { type: "ia3", options: {} },
+      { type: "adapter", options: { variant: "pfeiffer" } },
+      { type: "full", options: {} },
+    ]) {
+      expect(await preflight({ ...input, method }), method.type).toEqual([]);
+    }
+  });
+
+  it("refuses IA3 targets that a Phi-3 (fused qkv_proj) does not have", async () => {
+    const { models, input } = await setup();
+    const config = JSON.parse((await models.get("tiny/config.json")).toString()) as Record<string, unknown>;
+    await models.put("tiny/config.json", JSON.stringify({ ...config, architectures: ["Phi3ForCausalLM"], model_type: "phi3" }));
+    const problems = await preflight({ ...input, method: { type: "ia3", options: { targetModules: ["q_proj"] }, optionsPath: "spec.method.ia3" } });
+    expect(problems.filter((problem) => problem.reason === "InvalidSpec")).toEqual([
+      { reason: "InvalidSpec", message: expect.stringMatching(/^spec\.method\.ia3\.targetModules: "q_proj" matches no linear module of Phi3ForCausalLM/) },
+    ]);
+  });
 });

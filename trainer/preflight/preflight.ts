@@ -5,14 +5,15 @@ import { isBlankLine, readLines } from "../data/lines.ts";
 import { tokenizerMismatch } from "../data/loader.ts";
 import { checkDatasetOptions, resolveDatasetOptions, type DatasetOptions } from "../data/options.ts";
 import { parseSourceLine, type ExampleContext } from "../data/records.ts";
-import { ModelConfigError, parseModelConfig } from "../model/config.ts";
+import { ModelConfigError, parseModelConfig, type ModelConfig } from "../model/config.ts";
 import { MODEL_CONFIG_FILE, TokenizerError, loadTokenizer, type Tokenizer } from "../tokenizer/tokenizer.ts";
+import { methodProblem, type MethodSpec } from "./method.ts";
 
 /**
  * Why a job cannot start, as its Failed condition's reason. StorageUnavailable is the one a
  * retry may cure; the others need the user to fix the spec, the files or the permissions.
  */
-export type PreflightReason = "ModelNotFound" | "InvalidModel" | "InvalidDataset" | "StorageAccessDenied" | "StorageUnavailable";
+export type PreflightReason = "ModelNotFound" | "InvalidModel" | "InvalidDataset" | "InvalidSpec" | "StorageAccessDenied" | "StorageUnavailable";
 
 export interface PreflightProblem {
   reason: PreflightReason;
@@ -30,13 +31,16 @@ export interface PreflightInput {
   /** Dataset files, or folders of *.jsonl files: train and eval alike. */
   datasetKeys: string[];
   dataset: DatasetOptions;
+  /** The job's method (JobPlan.method): checked against the model's architecture when given. */
+  method?: MethodSpec;
   /** Lines checked at the start of each dataset file. Default 100. */
   sampleLines?: number;
 }
 
 /**
  * The checks a job passes before it holds a GPU: the base model's config.json parses into a
- * supported architecture, its tokenizer loads, its weights exist, the dataset options fit the
+ * supported architecture that the job's method can work on (trainer/preflight/method.ts), its
+ * tokenizer loads, its weights exist, the dataset options fit the
  * tokenizer, and each dataset file exists and starts with lines that parse against the
  * format (chat lines are rendered with the model's template too). Returns every problem
  * found; an empty list means go. Cheap: it reads the model's small files and the first
@@ -44,14 +48,17 @@ export interface PreflightInput {
  */
 export async function preflight(input: PreflightInput): Promise<PreflightProblem[]> {
   const problems: PreflightProblem[] = [];
-  const tokenizer = await checkModel(input, problems);
+  const { tokenizer, config } = await checkModel(input, problems);
+  const methodMismatch = input.method && config && methodProblem(input.method, config);
+  if (methodMismatch) problems.push({ reason: "InvalidSpec", message: methodMismatch });
   await checkDataset(input, tokenizer, problems);
   return problems;
 }
 
-async function checkModel(input: PreflightInput, problems: PreflightProblem[]): Promise<Tokenizer | undefined> {
+async function checkModel(input: PreflightInput, problems: PreflightProblem[]): Promise<{ tokenizer?: Tokenizer; config?: ModelConfig }> {
   const { modelStore: store, modelPrefix: prefix } = input;
   const configUri = objectUri(store, joinKey(prefix, MODEL_CONFIG_FILE));
+  let config: ModelConfig | undefined;
   try {
     const text = (await store.get(joinKey(prefix, MODEL_CONFIG_FILE))).toString("utf8");
     let json: unknown;
@@ -60,11 +67,11 @@ async function checkModel(input: PreflightInput, problems: PreflightProblem[]): 
     } catch (error) {
       throw new ModelConfigError(configUri, `is not valid JSON (${(error as Error).message})`);
     }
-    parseModelConfig(json, { file: configUri, ...(input.architecture === undefined ? {} : { architectureOverride: input.architecture }) });
+    config = parseModelConfig(json, { file: configUri, ...(input.architecture === undefined ? {} : { architectureOverride: input.architecture }) });
   } catch (error) {
     problems.push(modelProblem(error, "the base model's config.json is missing; baseModel.uri must name a Hugging Face model folder"));
     // Without its config the folder is not a model; the other files would only repeat that.
-    if (error instanceof StorageError) return undefined;
+    if (error instanceof StorageError) return {};
   }
 
   let tokenizer: Tokenizer | undefined;
@@ -88,7 +95,7 @@ async function checkModel(input: PreflightInput, problems: PreflightProblem[]): 
   } catch (error) {
     problems.push(modelProblem(error, "cannot list the base model folder"));
   }
-  return tokenizer;
+  return { tokenizer, config };
 }
 
 async function checkDataset(input: PreflightInput, tokenizer: Tokenizer | undefined, problems: PreflightProblem[]): Promise<void> {

@@ -1,5 +1,7 @@
 /**
- * Float64 reference forward passes of the Llama family and GPT-2, written from the math with
+ * Float64 reference forward passes of the Llama family (with Mistral's sliding window, Qwen3's
+ * q/k norms, Phi-3's fused projections and partial rotary, Gemma 3's norms, scaled embeddings
+ * and sliding layers) and GPT-2, written from the math with
  * plain loops over the raw config.json object and the raw Hugging Face weights. They share no
  * code with the tfjs models, so a test comparing the two checks the models, not themselves.
  * Tiny sizes only: everything is O(n^2) loops over JavaScript arrays.
@@ -67,12 +69,13 @@ function add(a: Vector, b: Vector): Vector {
   return a.map((value, i) => value + b[i]!);
 }
 
-function rmsNorm(x: Vector, g: ArrayLike<number>, eps: number): Vector {
+/** x / rms(x) times g, or times (1 + g) as Gemma's norms compute it. */
+function rmsNorm(x: Vector, g: ArrayLike<number>, eps: number, offset = 0): Vector {
   let meanSquare = 0;
   for (const value of x) meanSquare += value * value;
   meanSquare /= x.length;
   const scale = 1 / Math.sqrt(meanSquare + eps);
-  return x.map((value, i) => value * scale * g[i]!);
+  return x.map((value, i) => value * scale * (offset + g[i]!));
 }
 
 function layerNorm(x: Vector, g: ArrayLike<number>, b: ArrayLike<number>, eps: number): Vector {
@@ -103,11 +106,11 @@ function num(config: Record<string, unknown>, name: string, fallback?: number): 
   return value;
 }
 
-/** Inverse rotary frequencies from config.json, rope_scaling included. */
-function inverseFrequencies(config: Record<string, unknown>, headDim: number): number[] {
-  const theta = num(config, "rope_theta", 10000);
+/** Inverse rotary frequencies from config.json, rope_scaling included (none for Gemma's local base). */
+function inverseFrequencies(config: Record<string, unknown>, headDim: number, localBase?: number): number[] {
+  const theta = localBase ?? num(config, "rope_theta", 10000);
   const base = Array.from({ length: headDim / 2 }, (_, i) => Math.pow(theta, -(2 * i) / headDim));
-  const scaling = config.rope_scaling as Record<string, number | string> | undefined | null;
+  const scaling = (localBase === undefined ? config.rope_scaling : undefined) as Record<string, number | string> | undefined | null;
   const type = scaling?.rope_type ?? scaling?.type;
   if (!scaling || type === "default") return base;
   const factor = scaling.factor as number;
@@ -127,9 +130,10 @@ function inverseFrequencies(config: Record<string, unknown>, headDim: number): n
   throw new Error(`reference: rope type ${String(type)}`);
 }
 
+/** Rotary embedding of the first 2 * frequencies.length dimensions of x; the rest pass through. */
 function rotate(x: Vector, position: number, frequencies: number[]): Vector {
-  const half = x.length / 2;
-  const out = new Float64Array(x.length);
+  const half = frequencies.length;
+  const out = Float64Array.from(x);
   for (let i = 0; i < half; i++) {
     const angle = position * frequencies[i]!;
     const c = Math.cos(angle);
@@ -144,52 +148,94 @@ function heads(x: Vector, count: number, size: number): Vector[] {
   return Array.from({ length: count }, (_, h) => x.slice(h * size, (h + 1) * size));
 }
 
-/** Llama / Mistral / Qwen2 logits, computed position by position in float64. */
+/**
+ * Llama / Mistral / Qwen2 / Qwen3 / Gemma 3 / Phi-3 logits, computed position by position in
+ * float64. Gemma 3 reads the older config.json fields (rope_theta, rope_local_base_freq,
+ * rope_scaling) and layer_types; sliding layers see keys less than sliding_window positions back.
+ */
 export function referenceLlamaLogits(config: Record<string, unknown>, weights: ReferenceWeights, inputs: ReferenceInputs): Logits {
+  const architecture = (config.architectures as string[] | undefined)?.[0];
+  const gemma = architecture === "Gemma3ForCausalLM";
+  const phi3 = architecture === "Phi3ForCausalLM";
+  const qkNorm = gemma || architecture === "Qwen3ForCausalLM";
   const d = num(config, "hidden_size");
   const ffn = num(config, "intermediate_size");
   const layers = num(config, "num_hidden_layers");
   const numHeads = num(config, "num_attention_heads");
   const kvHeads = num(config, "num_key_value_heads", numHeads);
-  const headDim = num(config, "head_dim", d / numHeads);
+  const headDim = phi3 ? d / numHeads : num(config, "head_dim", d / numHeads);
+  const rotaryDim = headDim * (phi3 ? num(config, "partial_rotary_factor", 1) : 1);
   const vocab = num(config, "vocab_size");
   const eps = num(config, "rms_norm_eps", 1e-6);
-  const frequencies = inverseFrequencies(config, headDim);
+  const normOffset = gemma ? 1 : 0;
+  const scale = gemma ? 1 / Math.sqrt(num(config, "query_pre_attn_scalar", 256)) : 1 / Math.sqrt(headDim);
+  // Llama has no window; Qwen only with use_sliding_window.
+  const qwen = architecture === "Qwen2ForCausalLM" || architecture === "Qwen3ForCausalLM";
+  const windowed = architecture !== "LlamaForCausalLM" && (!qwen || config.use_sliding_window === true);
+  const window = windowed ? ((config.sliding_window as number | null | undefined) ?? undefined) : undefined;
+  const layerTypes = config.layer_types as string[] | undefined;
+  const slides = (l: number) => window !== undefined && (layerTypes === undefined || layerTypes[l] === "sliding_attention");
+  const globalFrequencies = inverseFrequencies(config, rotaryDim);
+  const localFrequencies = gemma ? inverseFrequencies(config, rotaryDim, num(config, "rope_local_base_freq", 10000)) : globalFrequencies;
   const embedding = weight(weights, "model.embed_tokens.weight");
   const head = config.tie_word_embeddings === true ? embedding : weight(weights, "lm_head.weight");
   const proj = (name: string, x: Vector, out: number) => linearOutIn(weight(weights, `${name}.weight`), optionalWeight(weights, `${name}.bias`), x, out);
+  const norm = (name: string, x: Vector) => rmsNorm(x, weight(weights, `${name}.weight`), eps, normOffset);
+  const activation = (g: number) => (gemma ? 0.5 * g * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (g + 0.044715 * g ** 3))) : g / (1 + Math.exp(-g)));
+  /** q, k, v of one position, from separate projections or Phi-3's qkv_proj (q, then k, then v). */
+  const queryKeyValue = (p: string, x: Vector): [Vector, Vector, Vector] => {
+    if (!phi3) {
+      return [proj(`${p}.self_attn.q_proj`, x, numHeads * headDim), proj(`${p}.self_attn.k_proj`, x, kvHeads * headDim), proj(`${p}.self_attn.v_proj`, x, kvHeads * headDim)];
+    }
+    const qkv = proj(`${p}.self_attn.qkv_proj`, x, (numHeads + 2 * kvHeads) * headDim);
+    const q = numHeads * headDim;
+    const kv = kvHeads * headDim;
+    return [qkv.slice(0, q), qkv.slice(q, q + kv), qkv.slice(q + kv)];
+  };
+  /** The gated MLP's input: gate and up, from separate projections or Phi-3's gate_up_proj (gate first). */
+  const gateUp = (p: string, x: Vector): [Vector, Vector] => {
+    if (!phi3) return [proj(`${p}.mlp.gate_proj`, x, ffn), proj(`${p}.mlp.up_proj`, x, ffn)];
+    const both = proj(`${p}.mlp.gate_up_proj`, x, 2 * ffn);
+    return [both.slice(0, ffn), both.slice(ffn)];
+  };
 
   return inputs.ids.map((ids, b) => {
     const prefixLength = inputs.prefix?.[0]?.key[0]?.[0]?.length ?? 0;
-    let hidden = ids.map((id) => row(embedding, id, d));
+    let hidden: Vector[] = ids.map((id) => row(embedding, id, d).map((value) => (gemma ? value * Math.sqrt(d) : value)));
     for (let l = 0; l < layers; l++) {
       const p = `model.layers.${l}`;
-      const normed = hidden.map((x) => rmsNorm(x, weight(weights, `${p}.input_layernorm.weight`), eps));
-      const qs = normed.map((x, t) => heads(proj(`${p}.self_attn.q_proj`, x, numHeads * headDim), numHeads, headDim).map((q) => rotate(q, prefixLength + t, frequencies)));
-      const ks = normed.map((x, t) => heads(proj(`${p}.self_attn.k_proj`, x, kvHeads * headDim), kvHeads, headDim).map((k) => rotate(k, prefixLength + t, frequencies)));
-      const vs = normed.map((x) => heads(proj(`${p}.self_attn.v_proj`, x, kvHeads * headDim), kvHeads, headDim));
+      const frequencies = slides(l) ? localFrequencies : globalFrequencies;
+      const headNorm = (name: string, x: Vector) => (qkNorm ? norm(`${p}.self_attn.${name}`, x) : x);
+      const projected = hidden.map((x) => queryKeyValue(p, norm(`${p}.input_layernorm`, x)));
+      const qs = projected.map(([q], t) => heads(q, numHeads, headDim).map((h) => rotate(headNorm("q_norm", h), prefixLength + t, frequencies)));
+      const ks = projected.map(([, k], t) => heads(k, kvHeads, headDim).map((h) => rotate(headNorm("k_norm", h), prefixLength + t, frequencies)));
+      const vs = projected.map(([, , v]) => heads(v, kvHeads, headDim));
       const layerPrefix = inputs.prefix?.[l];
       hidden = hidden.map((x, t) => {
         const merged = new Float64Array(numHeads * headDim);
+        const query = prefixLength + t;
         for (let h = 0; h < numHeads; h++) {
           const kv = Math.floor(h / (numHeads / kvHeads));
           const prefixBatch = layerPrefix && layerPrefix.key.length > 1 ? b : 0;
           const keys = [...(layerPrefix?.key[prefixBatch]?.[kv] ?? []).map((k) => Float64Array.from(k)), ...ks.map((k) => k[kv]!)];
           const values = [...(layerPrefix?.value[prefixBatch]?.[kv] ?? []).map((v) => Float64Array.from(v)), ...vs.map((v) => v[kv]!)];
-          const visible = keys.map((_, j) => j < prefixLength || (j - prefixLength <= t && (inputs.mask?.[b]?.[j - prefixLength] ?? 1) === 1));
-          merged.set(attendOne(qs[t]![h]!, keys, values, visible, 1 / Math.sqrt(headDim)), h * headDim);
+          const visible = keys.map(
+            (_, j) =>
+              (j < prefixLength || (j <= query && (inputs.mask?.[b]?.[j - prefixLength] ?? 1) === 1)) && (!slides(l) || query - j < window!),
+          );
+          merged.set(attendOne(qs[t]![h]!, keys, values, visible, scale), h * headDim);
         }
-        return add(x, proj(`${p}.self_attn.o_proj`, merged, d));
+        const attended = proj(`${p}.self_attn.o_proj`, merged, d);
+        return add(x, gemma ? norm(`${p}.post_attention_layernorm`, attended) : attended);
       });
       hidden = hidden.map((x) => {
-        const m = rmsNorm(x, weight(weights, `${p}.post_attention_layernorm.weight`), eps);
-        const gate = proj(`${p}.mlp.gate_proj`, m, ffn);
-        const up = proj(`${p}.mlp.up_proj`, m, ffn);
-        const activated = gate.map((g, i) => (g / (1 + Math.exp(-g))) * up[i]!);
-        return add(x, proj(`${p}.mlp.down_proj`, activated, d));
+        const m = norm(gemma ? `${p}.pre_feedforward_layernorm` : `${p}.post_attention_layernorm`, x);
+        const [gate, up] = gateUp(p, m);
+        const out = proj(`${p}.mlp.down_proj`, gate.map((g, i) => activation(g) * up[i]!), d);
+        return add(x, gemma ? norm(`${p}.post_feedforward_layernorm`, out) : out);
       });
     }
-    return hidden.map((x) => Array.from(linearOutIn(head, undefined, rmsNorm(x, weight(weights, "model.norm.weight"), eps), vocab)));
+    return hidden.map((x) => Array.from(linearOutIn(head, undefined, norm("model.norm", x), vocab)));
   });
 }
 

@@ -24,7 +24,56 @@ export const TINY_LLAMA = {
   hidden_act: "silu",
 };
 
-/** Tiny GPT-2 (3 heads of 8). */
+/** Tiny Qwen3: q/k norms and a head_dim (16) apart from hidden_size / heads. */
+export const TINY_QWEN3 = {
+  ...TINY_LLAMA,
+  architectures: ["Qwen3ForCausalLM"],
+  model_type: "qwen3",
+  head_dim: 16,
+  tie_word_embeddings: true,
+  use_sliding_window: false,
+};
+
+/**
+ * Tiny Gemma 3 text, in the config.json fields Gemma 3 checkpoints were published with: three
+ * layers, the middle one full and the others sliding over 4 positions with their own rotary base,
+ * and an attention scalar that is not head_dim.
+ */
+export const TINY_GEMMA3 = {
+  architectures: ["Gemma3ForCausalLM"],
+  model_type: "gemma3_text",
+  vocab_size: 61,
+  hidden_size: 32,
+  intermediate_size: 48,
+  num_hidden_layers: 3,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  head_dim: 16,
+  hidden_activation: "gelu_pytorch_tanh",
+  rms_norm_eps: 1e-6,
+  query_pre_attn_scalar: 24,
+  sliding_window: 4,
+  layer_types: ["sliding_attention", "full_attention", "sliding_attention"],
+  rope_theta: 1_000_000,
+  rope_local_base_freq: 10000,
+  rope_scaling: { rope_type: "linear", factor: 8 },
+  max_position_embeddings: 128,
+  tie_word_embeddings: true,
+};
+
+/** Tiny Phi-3: fused qkv_proj and gate_up_proj, rotary on half of each head, a 5-position window. */
+export const TINY_PHI3 = {
+  ...TINY_LLAMA,
+  architectures: ["Phi3ForCausalLM"],
+  model_type: "phi3",
+  partial_rotary_factor: 0.5,
+  sliding_window: 5,
+};
+
+/**
+ * Tiny GPT-2 (3 heads of 8), without dropout: tests that compare training-mode passes with a
+ * reference or with each other need them deterministic (GPT2Config's default is 0.1 each).
+ */
 export const TINY_GPT2 = {
   architectures: ["GPT2LMHeadModel"],
   model_type: "gpt2",
@@ -36,6 +85,9 @@ export const TINY_GPT2 = {
   n_inner: null,
   layer_norm_epsilon: 1e-5,
   activation_function: "gelu_new",
+  attn_pdrop: 0,
+  resid_pdrop: 0,
+  embd_pdrop: 0,
 };
 
 export interface TinyModel {

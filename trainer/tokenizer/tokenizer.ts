@@ -139,7 +139,11 @@ export class Tokenizer {
       typeof config.add_eos_token === "boolean"
         ? config.add_eos_token && this.eosId !== undefined
         : this.eosId !== undefined && withSpecial.at(-1) === this.eosId && plain.at(-1) !== this.eosId;
-    this.cleanUpSpaces = config.clean_up_tokenization_spaces === true;
+    // Transformers 5 ignores clean_up_tokenization_spaces for BPE models (it strips the spaces
+    // before punctuation that BPE round-trips exactly), though Llama-3's config sets it; it
+    // applies only to the WordPiece-style models it was made for.
+    const modelType = (tokenizerJson.model as { type?: unknown }).type;
+    this.cleanUpSpaces = config.clean_up_tokenization_spaces === true && modelType !== "BPE";
 
     const [templateSource, templateFile] =
       sources.chatTemplate !== undefined

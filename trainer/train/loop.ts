@@ -3,7 +3,9 @@ import { loadLatestCheckpoint, pruneCheckpoints, saveCheckpoint, type SavedTenso
 import type { TokenBatch } from "../data/batching.ts";
 import type { Batch, DataLoader, DataPosition } from "../data/loader.ts";
 import type { Adapter } from "../methods/method.ts";
+import type { Objective, ObjectiveStepResult, PreferenceMetrics } from "../objectives/objective.ts";
 import { AdamW, type Parameter } from "../optim/adamw.ts";
+import { parameterCounts } from "../output/metrics.ts";
 import { learningRateAt, type SchedulerType } from "../optim/schedule.ts";
 import type { Rng } from "../random.ts";
 import { ProgressClock, type CheckpointReason, type ProgressListener } from "./progress.ts";
@@ -66,6 +68,8 @@ export interface TrainingRun {
   fingerprint: string;
   /** The tfjs backend in use, for the start event. */
   backend: string;
+  /** What training minimises when it is not the next-token loss (sft): DPO, say. */
+  objective?: Objective;
   onProgress?: ProgressListener;
   /** When aborted, the loop finishes the current step, saves a checkpoint and returns "stopped". */
   signal?: AbortSignal;
@@ -79,13 +83,20 @@ export interface StepRecord {
   learningRate: number;
   gradNorm: number;
   tokens: number;
+  /** The step's preference metrics (TRL's rewards/* and logps/*), for objectives dpo and reward. */
+  preference?: PreferenceMetrics;
+  /** Classification: the share of the step's examples classified right. */
+  accuracy?: number;
 }
 
 export interface EvalRecord {
   step: number;
   loss: number;
-  perplexity: number;
+  /** exp(loss) for the next-token loss; null for objectives whose loss is no cross-entropy (dpo). */
+  perplexity: number | null;
   tokens: number;
+  preference?: PreferenceMetrics;
+  accuracy?: number;
 }
 
 /** What a checkpoint's state.json holds besides the tensors. */
@@ -130,15 +141,13 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
       warmupSteps: config.warmupSteps ?? Math.ceil((config.warmupRatio ?? 0) * state.totalSteps),
       totalSteps: state.totalSteps,
     };
-    const trainableParameters = adapter.trainableParameterCount();
     run.onProgress?.({
       event: "start",
       totalSteps: state.totalSteps,
       step: state.step,
       ...(resumedFrom ? { resumedFrom } : {}),
       backend: run.backend,
-      trainableParameters,
-      totalParameters: adapter.model.parameterCount() + trainableParameters,
+      ...parameterCounts(adapter),
     });
 
     const clock = new ProgressClock(state.step, now);
@@ -154,10 +163,18 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
       return lastCheckpoint;
     };
     const evaluateNow = async (): Promise<void> => {
-      const result = await evaluate(adapter, data, config.batchSize);
+      const result: Omit<EvalRecord, "step"> | undefined = run.objective ? await evaluateObjective(run.objective, adapter, data, config.batchSize) : await evaluate(adapter, data, config.batchSize);
       if (!result) return;
       state.evals.push({ step: state.step, ...result });
-      run.onProgress?.({ event: "eval", step: state.step, evalLoss: result.loss, evalPerplexity: result.perplexity, evalTokens: result.tokens });
+      run.onProgress?.({
+        event: "eval",
+        step: state.step,
+        evalLoss: result.loss,
+        evalPerplexity: result.perplexity,
+        evalTokens: result.tokens,
+        ...(result.preference ? { evalPreference: result.preference } : {}),
+        ...(result.accuracy !== undefined ? { evalAccuracy: result.accuracy } : {}),
+      });
     };
 
     // The base model's eval loss, the "before" of the loss curve.
@@ -179,12 +196,9 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
         upcoming = state.step + 1 < state.totalSteps ? prefetch() : Promise.resolve(undefined);
         const learningRate = learningRateAt(state.step, schedule);
         const started = now();
-        const result = trainStep(adapter, micro.map(lmTokens), {
-          optimizer,
-          learningRate,
-          maxGradNorm: config.maxGradNorm,
-          gradientCheckpointing: config.gradientCheckpointing ?? false,
-        });
+        const stepOptions = { optimizer, learningRate, maxGradNorm: config.maxGradNorm, gradientCheckpointing: config.gradientCheckpointing ?? false };
+        const result: ObjectiveStepResult = run.objective ? run.objective.trainStep(adapter, micro, stepOptions) : trainStep(adapter, micro.map(lmTokens), stepOptions);
+        const { preference, accuracy } = result;
         const seconds = now() - started;
 
         const epochBefore = Math.floor(epochOf(state.microBatches));
@@ -194,7 +208,7 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
         state.rng = run.rng.state();
         state.tokens += result.tokens;
         state.trainingSeconds += seconds;
-        state.steps.push({ step: state.step, loss: result.loss, learningRate, gradNorm: result.gradNorm, tokens: result.tokens });
+        state.steps.push({ step: state.step, loss: result.loss, learningRate, gradNorm: result.gradNorm, tokens: result.tokens, ...(preference ? { preference } : {}), ...(accuracy !== undefined ? { accuracy } : {}) });
         clock.recordStep(result.tokens, seconds);
         run.onProgress?.({
           event: "step",
@@ -203,10 +217,12 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
           epoch: epochOf(state.microBatches),
           loss: result.loss,
           ...(state.evals.length > 0 ? { evalLoss: state.evals.at(-1)!.loss } : {}),
+          ...(state.evals.at(-1)?.accuracy !== undefined ? { evalAccuracy: state.evals.at(-1)!.accuracy } : {}),
           learningRate,
           gradNorm: result.gradNorm,
           tokensPerSecond: clock.tokensPerSecond(),
           etaSeconds: clock.etaSeconds(state.step, state.totalSteps),
+          ...(preference ? { preference } : {}),
         });
 
         const endOfEpoch = Math.floor(epochOf(state.microBatches)) > epochBefore;
@@ -229,9 +245,13 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
   }
 }
 
-/** Weight decay applies to weight matrices, not to biases and norm scales (as in Hugging Face's Trainer). */
+/**
+ * Weight decay applies to weight matrices, not to biases and norm scales (as in Hugging Face's
+ * Trainer): names such as "...bias", "model.norm.weight", "...input_layernorm.weight",
+ * "...q_norm.weight" (full fine-tuning's Hugging Face names) or GPT-2's "ln_1".
+ */
 function decays(name: string): boolean {
-  return !/(^|[._])(bias|norm|ln_\w*)($|[._])/.test(name);
+  return !/(^|[._])(bias|\w*norm|ln_\w*)($|[._])/.test(name);
 }
 
 /** The newest checkpoint restored into the adapter and optimizer, or a fresh state. */
@@ -266,7 +286,7 @@ async function startOrResume(run: TrainingRun, optimizer: AdamW): Promise<{ stat
     const state = { ...saved.state, attemptStarts: [...saved.state.attemptStarts, saved.step] };
     return { state, resumedFrom: where };
   }
-  const batchesPerEpoch = await countBatches(run.data, config.batchSize);
+  const batchesPerEpoch = await countBatches(run.data, config.batchSize, run.objective);
   const stepsPerEpoch = Math.ceil(batchesPerEpoch / config.gradientAccumulation);
   return {
     state: {
@@ -297,10 +317,11 @@ export class CheckpointMismatchError extends Error {
  * serves every epoch. It also reads every line once before training, so a bad line deep in the
  * data stops the job before any GPU time is spent on it.
  */
-async function countBatches(data: DataLoader, batchSize: number): Promise<number> {
+async function countBatches(data: DataLoader, batchSize: number, objective: Objective | undefined): Promise<number> {
   let count = 0;
   for await (const batch of data.trainBatches(batchSize, { epochs: 1 })) {
-    lmTokens(batch);
+    if (objective) objective.check(batch);
+    else lmTokens(batch);
     count++;
   }
   return count;
@@ -324,6 +345,21 @@ async function nextStepBatches(batches: Lookahead<Batch>, count: number): Promis
     step.push((await batches.next())!);
   }
   return step;
+}
+
+/** The objective's loss and metrics over the eval set, in the shape of an eval record (no perplexity). */
+async function evaluateObjective(objective: Objective, adapter: Adapter, data: DataLoader, batchSize: number): Promise<Omit<EvalRecord, "step"> | undefined> {
+  if (!data.hasEval) return undefined;
+  const result = await objective.evaluate(adapter, data.evalBatches(batchSize));
+  return (
+    result && {
+      loss: result.loss,
+      perplexity: null,
+      tokens: result.tokens,
+      ...(result.preference ? { preference: result.preference } : {}),
+      ...(result.accuracy !== undefined ? { accuracy: result.accuracy } : {}),
+    }
+  );
 }
 
 /** Mean next-token loss over every target token of the eval set, and its perplexity. */

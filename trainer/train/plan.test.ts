@@ -90,9 +90,25 @@ describe("planJob", () => {
     expect(planJob(applyDefaults(spec({ method: { type: "lora", lora: { r: 4 } } }))).fingerprint).not.toBe(base);
   });
 
+  it("plans DPO with its beta and label smoothing, defaulted", () => {
+    const dpo = spec({ objective: { type: "dpo", dpo: { beta: 0.3, labelSmoothing: 0.1 } }, dataset: { train: "s3://data/p.jsonl", format: "preference" } });
+    expect(planJob(applyDefaults(dpo)).objective).toEqual({ type: "dpo", beta: 0.3, labelSmoothing: 0.1 });
+    const defaulted = spec({ objective: { type: "dpo" }, dataset: { train: "s3://data/p.jsonl", format: "preference" } });
+    expect(planJob(applyDefaults(defaulted)).objective).toEqual({ type: "dpo", beta: 0.1, labelSmoothing: 0 });
+    expect(planJob(applyDefaults(spec())).objective).toEqual({ type: "sft" });
+    const classifier = spec({ objective: { type: "classification" }, dataset: { train: "s3://data/c.jsonl", format: "classification", labels: ["no", "yes"] } });
+    const planned = planJob(applyDefaults(classifier));
+    expect(planned.objective).toEqual({ type: "classification" });
+    expect(planned.dataset.options.classLabels).toEqual(["no", "yes"]);
+  });
+
   it("refuses what this trainer cannot do, naming the field", () => {
-    const dpo = spec({ objective: { type: "dpo" }, dataset: { train: "s3://data/p.jsonl", format: "preference" } });
-    expect(() => planJob(applyDefaults(dpo))).toThrow(new PlanError('spec.objective.type: "dpo" is not implemented by this trainer yet; use sft'));
+    const classification = spec({ dataset: { train: "s3://data/c.jsonl", format: "classification" } });
+    expect(() => planJob(applyDefaults(classification))).toThrow(
+      new PlanError("spec.objective.type: classification trains on (and only on) dataset.format classification; got objective sft with format classification"),
+    );
+    const reward = spec({ objective: { type: "reward" }, dataset: { train: "s3://data/p.jsonl", format: "preference" }, output: { uri: "s3://adapters/run-1/", mergeIntoBase: true } });
+    expect(() => planJob(applyDefaults(reward))).toThrow(/^spec\.output\.mergeIntoBase: a reward model's score head has no place in a causal LM/);
     expect(() => planJob(applyDefaults(spec({ checkpoint: { uri: "s3://adapters/run-1/" } })))).toThrow(/^spec\.checkpoint\.uri: must differ from output\.uri/);
     expect(() => planJob(applyDefaults(spec({ dataset: { train: "s3://data/t.jsonl", eval: "s3://other/e.jsonl" } })))).toThrow(/^spec\.dataset\.eval: must be in the same bucket/);
   });

@@ -15,6 +15,8 @@ import type { TrainingConfig } from "./loop.ts";
 export interface JobPlan {
   model: { uri: string; architecture?: string };
   method: { type: string; options: unknown; optionsPath: string };
+  /** What training minimises: the loop's next-token loss (sft), or DPO with its options (trainer/objectives/dpo.ts). */
+  objective: { type: "sft" } | { type: "dpo"; beta: number; labelSmoothing: number } | { type: "reward" } | { type: "classification" };
   dataset: {
     /** The store the training (and eval) files are read from, and their keys in it. */
     storeUri: string;
@@ -75,11 +77,15 @@ export function planJob(spec: DefaultedFineTuneJobSpec, options: { baseDir?: str
   const absolute = (uri: string) => resolveUri(uri, baseDir);
   const { dataset, hyperparameters: h, method, objective } = spec;
 
-  if (objective.type !== "sft") {
-    throw new PlanError(`spec.objective.type: "${objective.type}" is not implemented by this trainer yet; use sft`);
+  if ((objective.type === "classification") !== (dataset.format === "classification")) {
+    throw new PlanError(`spec.objective.type: classification trains on (and only on) dataset.format classification; got objective ${objective.type} with format ${dataset.format}`);
   }
-  if (dataset.format === "preference" || dataset.format === "classification") {
-    throw new PlanError(`spec.dataset.format: "${dataset.format}" needs an objective this trainer does not implement yet; use text, instruction or chat`);
+  // The API's rules tie preference data to dpo both ways; checked again for specs built in code.
+  if ((objective.type === "dpo" || objective.type === "reward") !== (dataset.format === "preference")) {
+    throw new PlanError(`spec.objective.type: dpo and reward train on (and only on) dataset.format preference; got objective ${objective.type} with format ${dataset.format}`);
+  }
+  if ((objective.type === "reward" || objective.type === "classification") && spec.output.mergeIntoBase) {
+    throw new PlanError(`spec.output.mergeIntoBase: a ${objective.type} model's score head has no place in a causal LM; load the adapter with PEFT (task_type SEQ_CLS) instead`);
   }
   const outputUri = absolute(spec.output.uri);
   const checkpointUri = absolute(spec.checkpoint.uri ?? `${spec.output.uri.replace(/\/+$/, "")}/${CHECKPOINTS_PREFIX}`);
@@ -100,6 +106,7 @@ export function planJob(spec: DefaultedFineTuneJobSpec, options: { baseDir?: str
     badLines: dataset.badLines,
     maxBadFraction: dataset.maxBadLineFraction,
     ...(dataset.format === "instruction" ? { instructionTemplate: RAW_PROMPT_TEMPLATE } : {}),
+    ...(dataset.format === "classification" && dataset.labels !== undefined ? { classLabels: [...dataset.labels] } : {}),
   };
   const training: TrainingConfig = {
     ...(h.maxSteps !== undefined ? { maxSteps: h.maxSteps } : { epochs: h.epochs ?? 1 }),
@@ -126,6 +133,12 @@ export function planJob(spec: DefaultedFineTuneJobSpec, options: { baseDir?: str
   return {
     model: { uri: absolute(spec.baseModel.uri), ...(spec.baseModel.architecture ? { architecture: spec.baseModel.architecture } : {}) },
     method: { type: method.type, options: methodOptions, optionsPath: `spec.method.${method.type}` },
+    objective:
+      objective.type === "dpo"
+        ? { type: "dpo", beta: objective.dpo?.beta ?? 0.1, labelSmoothing: objective.dpo?.labelSmoothing ?? 0 }
+        : objective.type === "reward" || objective.type === "classification"
+          ? { type: objective.type }
+          : { type: "sft" },
     dataset: { ...data, options: datasetOptions },
     training,
     seed: h.seed,

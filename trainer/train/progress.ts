@@ -1,4 +1,5 @@
 import type { BackendInfo } from "../backend/backend.ts";
+import type { PreferenceMetrics } from "../objectives/objective.ts";
 
 /**
  * What the training loop reports while it runs. `kubetune run` draws a progress bar or prints
@@ -23,6 +24,10 @@ export interface TrainingProgress {
   tokensPerSecond: number;
   /** Estimated seconds until the last step. */
   etaSeconds: number;
+  /** Objectives dpo and reward: the step's rewards (and DPO's log-probabilities), as TRL logs them. */
+  preference?: PreferenceMetrics;
+  /** Classification: accuracy on the eval set at the latest evaluation. */
+  evalAccuracy?: number;
 }
 
 export type ProgressEvent =
@@ -35,11 +40,26 @@ export type ProgressEvent =
       /** The checkpoint resumed from, if any. */
       resumedFrom?: string;
       backend: string;
+      /** Parameters the optimizer updates: the method's, or every weight for full fine-tuning. */
       trainableParameters: number;
+      /** The base model's parameters plus the method's (the base model's alone for full fine-tuning). */
       totalParameters: number;
+      /** trainableParameters / totalParameters. */
+      trainableShare: number;
     }
   | ({ event: "step"; gradNorm: number } & TrainingProgress)
-  | { event: "eval"; step: number; evalLoss: number; evalPerplexity: number; evalTokens: number }
+  | {
+      event: "eval";
+      step: number;
+      evalLoss: number;
+      /** exp(evalLoss) for the next-token loss; null for objective dpo, whose loss is no cross-entropy. */
+      evalPerplexity: number | null;
+      evalTokens: number;
+      /** Objective dpo: the eval set's rewards and log-probabilities. */
+      evalPreference?: PreferenceMetrics;
+      /** Classification: the share of eval examples classified right. */
+      evalAccuracy?: number;
+    }
   | { event: "checkpoint"; step: number; uri: string; reason: CheckpointReason }
   | { event: "stopped"; step: number; totalSteps: number; checkpoint: string; signal: string }
   | { event: "done"; step: number; totalSteps: number; outputUri: string; files: string[]; durationSeconds: number }
@@ -50,8 +70,10 @@ export type ProgressEvent =
  * CheckpointUnreadable: the newest checkpoint is corrupt or incomplete and an older one is used.
  * OtherCheckpointsIgnored: the checkpoint folder holds only other jobs' checkpoints (or this
  * job's with other settings or data), so training starts at step 0.
+ * StorageUnavailable: S3 did not answer (a restart, a failover); the operation is retried for a
+ * few minutes before the attempt fails.
  */
-export type WarningReason = "CheckpointUnreadable" | "OtherCheckpointsIgnored";
+export type WarningReason = "CheckpointUnreadable" | "OtherCheckpointsIgnored" | "StorageUnavailable";
 
 /** Why a checkpoint was saved: on schedule, because the trainer was asked to stop, or after the last step. */
 export type CheckpointReason = "interval" | "stop" | "final";

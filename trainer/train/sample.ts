@@ -35,18 +35,36 @@ export function promptOf(inputIds: ArrayLike<number>, labels: ArrayLike<number>,
   return prompt;
 }
 
-/** The base model's and the adapter's greedy continuation of `promptIds`, as text. */
+/** The greedy continuation of `promptIds` as text, by the adapter or (disableAdapters) the model under it. */
+export function continuation(
+  adapter: Adapter,
+  tokenizer: Tokenizer,
+  promptIds: readonly number[],
+  options: { maxNewTokens?: number; maxLength: number; disableAdapters?: boolean },
+): string {
+  const ids = greedyDecode(adapter, promptIds, {
+    maxNewTokens: options.maxNewTokens ?? 32,
+    maxLength: options.maxLength,
+    disableAdapters: options.disableAdapters ?? false,
+    ...(tokenizer.eosId === undefined ? {} : { eosId: tokenizer.eosId }),
+  });
+  return tokenizer.decode(ids, { skipSpecialTokens: true });
+}
+
+/**
+ * The base model's and the adapter's greedy continuation of `promptIds`, as text. `base`, when
+ * given, is the base model's, decoded before training: full fine-tuning changes the base weights
+ * themselves, so disabling adapters after training would not give the base model back.
+ */
 export function sampleBeforeAfter(
   adapter: Adapter,
   tokenizer: Tokenizer,
   promptIds: readonly number[],
-  options: { maxNewTokens?: number; maxLength: number },
+  options: { maxNewTokens?: number; maxLength: number; base?: string },
 ): { prompt: string; base: string; adapter: string } {
-  const decodeOptions = { maxNewTokens: options.maxNewTokens ?? 32, maxLength: options.maxLength, ...(tokenizer.eosId === undefined ? {} : { eosId: tokenizer.eosId }) };
-  const text = (ids: number[]) => tokenizer.decode(ids, { skipSpecialTokens: true });
   return {
-    prompt: text([...promptIds]),
-    base: text(greedyDecode(adapter, promptIds, { ...decodeOptions, disableAdapters: true })),
-    adapter: text(greedyDecode(adapter, promptIds, decodeOptions)),
+    prompt: tokenizer.decode([...promptIds], { skipSpecialTokens: true }),
+    base: options.base ?? continuation(adapter, tokenizer, promptIds, { ...options, disableAdapters: true }),
+    adapter: continuation(adapter, tokenizer, promptIds, options),
   };
 }

@@ -1,4 +1,4 @@
-import type { ModelConfig } from "../../model/config.ts";
+import type { Architecture, ModelConfig } from "../../model/config.ts";
 import { MethodOptionsError } from "../method.ts";
 
 /** LoRA's options as a FineTuneJob gives them; every field is optional. */
@@ -26,14 +26,24 @@ export interface LoraConfig {
 /** PEFT's LoraConfig defaults (PEFT.md). */
 export const LORA_DEFAULTS = { r: 8, alpha: 8, dropout: 0, rsLora: false } as const;
 
-/** PEFT's default targets per model family. */
-export const DEFAULT_TARGET_MODULES: Record<ModelConfig["family"], string[]> = {
-  llama: ["q_proj", "v_proj"],
-  gpt2: ["c_attn"],
+/**
+ * Default targets per architecture: PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+ * (by model_type: llama, mistral, qwen2, qwen3, gemma3_text, gpt2). PEFT has no entry for phi3
+ * and asks for target_modules; here Phi-3 gets its fused qkv_proj, the counterpart of
+ * q_proj + v_proj (and of GPT-2's c_attn), so a job without targetModules still trains.
+ */
+export const DEFAULT_TARGET_MODULES: Record<Architecture, string[]> = {
+  LlamaForCausalLM: ["q_proj", "v_proj"],
+  MistralForCausalLM: ["q_proj", "v_proj"],
+  Qwen2ForCausalLM: ["q_proj", "v_proj"],
+  Qwen3ForCausalLM: ["q_proj", "v_proj"],
+  Gemma3ForCausalLM: ["q_proj", "v_proj"],
+  Phi3ForCausalLM: ["qkv_proj"],
+  GPT2LMHeadModel: ["c_attn"],
 };
 
 /** Validates options and fills in the defaults; errors name the field under `path`. */
-export function resolveLoraConfig(options: unknown, family: ModelConfig["family"], path = "spec.method"): LoraConfig {
+export function resolveLoraConfig(options: unknown, model: Pick<ModelConfig, "architecture">, path = "spec.method"): LoraConfig {
   const raw = options ?? {};
   if (typeof raw !== "object" || Array.isArray(raw)) throw new MethodOptionsError(path, "LoRA options must be an object");
   const { r, alpha, dropout, targetModules, rsLora } = raw as Record<string, unknown>;
@@ -41,7 +51,7 @@ export function resolveLoraConfig(options: unknown, family: ModelConfig["family"
     r: r ?? LORA_DEFAULTS.r,
     alpha: alpha ?? LORA_DEFAULTS.alpha,
     dropout: dropout ?? LORA_DEFAULTS.dropout,
-    targetModules: targetModules ?? DEFAULT_TARGET_MODULES[family],
+    targetModules: targetModules ?? DEFAULT_TARGET_MODULES[model.architecture],
     rsLora: rsLora ?? LORA_DEFAULTS.rsLora,
   } as LoraConfig;
   if (!Number.isSafeInteger(config.r) || config.r <= 0) throw new MethodOptionsError(`${path}.r`, `must be a positive integer, got ${JSON.stringify(r)}`);

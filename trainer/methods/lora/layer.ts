@@ -51,7 +51,7 @@ export class LoraLayer implements LinearWrapper {
   }
 
   /** Inverted dropout with a mask drawn from the seeded generator, so a resumed run draws the same masks. */
-  private applyDropout(x: tf.Tensor): tf.Tensor {
+  protected applyDropout(x: tf.Tensor): tf.Tensor {
     const keep = 1 - this.dropout;
     const mask = new Float32Array(x.size);
     for (let i = 0; i < mask.length; i++) mask[i] = this.rng.nextFloat() < keep ? 1 / keep : 0;

@@ -10,7 +10,7 @@ export const loraMethod: PeftMethod = {
   type: "lora",
   inject(model: CausalLM, options: unknown, context: InjectContext): LoraAdapter {
     const path = context.optionsPath ?? "spec.method";
-    const config = resolveLoraConfig(options, model.config.family, path);
+    const config = resolveLoraConfig(options, model.config, path);
     const targets = selectTargets(model, config, path);
     const layers = new Map<string, LoraLayer>();
     for (const module of targets) {
@@ -55,7 +55,7 @@ export function selectTargets(model: CausalLM, config: LoraConfig, path = "spec.
 }
 
 export class LoraAdapter implements Adapter {
-  readonly type = "lora";
+  readonly type: string = "lora";
 
   constructor(
     readonly model: CausalLM,

@@ -1,0 +1,180 @@
+import * as tf from "@tensorflow/tfjs-core";
+import type { BatchData, TokenBatch } from "../data/batching.ts";
+import type { Adapter } from "../methods/method.ts";
+import type { ForwardContext } from "../model/model.ts";
+import { clipByGlobalNorm } from "../optim/adamw.ts";
+import type { StepOptions } from "../train/step.ts";
+import { joinRows } from "./dpo.ts";
+import type { Objective, ObjectiveEvalResult, ObjectiveStepResult, PreferenceMetrics } from "./objective.ts";
+import { ScoreHeadAdapter } from "./score-head.ts";
+
+/**
+ * A reward model (TRL's RewardTrainer): the adapter and a one-output score head (score-head.ts)
+ * trained on preference pairs with the Bradley-Terry loss
+ *
+ *   loss = −log σ(r(x, y_w) − r(x, y_l))
+ *
+ * averaged over the pairs of a step, where r is the score of the pair's whole text (prompt and
+ * completion) at its last token. The metrics are the mean rewards of chosen and rejected, their
+ * mean margin, and the share of pairs ranked right (TRL's accuracy).
+ */
+export function rewardObjective(adapter: Adapter): Objective {
+  if (!(adapter instanceof ScoreHeadAdapter) || adapter.labels !== 1) {
+    throw new Error("the reward objective needs the adapter wrapped with a one-output score head (ScoreHeadAdapter)");
+  }
+  return new RewardObjective();
+}
+
+const TRAINING: ForwardContext = { training: true, disableAdapters: false };
+const EVALUATION: ForwardContext = { training: false, disableAdapters: false };
+
+interface Rewards {
+  chosen: Float32Array;
+  rejected: Float32Array;
+}
+
+export class RewardObjective implements Objective {
+  readonly type = "reward";
+
+  check(batch: BatchData): void {
+    pairsOf(batch);
+  }
+
+  trainStep(adapter: Adapter, microBatches: readonly BatchData[], options: StepOptions): ObjectiveStepResult {
+    const variables = options.optimizer.parameters.map((parameter) => parameter.variable);
+    const { loss, gradients, rewards, tokens } = this.lossAndGradients(adapter, microBatches, variables, options);
+    const clipped = clipByGlobalNorm(gradients, options.maxGradNorm);
+    tf.dispose(gradients);
+    options.optimizer.apply(clipped.gradients, options.learningRate);
+    tf.dispose(clipped.gradients);
+    const [lossValue, gradNorm] = tf.tidy(() => tf.stack([loss, clipped.norm]).dataSync());
+    tf.dispose([loss, clipped.norm]);
+    return { loss: lossValue!, gradNorm: gradNorm!, tokens, targetTokens: 0, preference: metrics(rewards) };
+  }
+
+  /** The step's mean loss over its pairs, and its gradients for `variables`, summed over the micro-batches. */
+  lossAndGradients(
+    adapter: Adapter,
+    microBatches: readonly BatchData[],
+    variables: readonly tf.Variable[],
+    options: { gradientCheckpointing?: boolean } = {},
+  ): { loss: tf.Scalar; gradients: tf.Tensor[]; rewards: Rewards[]; tokens: number } {
+    const head = scoreHead(adapter);
+    const pairs = microBatches.map(pairsOf);
+    const pairCount = pairs.reduce((sum, pair) => sum + pair.chosen.rows, 0);
+    let summed: tf.Tensor[] | undefined;
+    let loss: tf.Scalar | undefined;
+    const rewards: Rewards[] = [];
+    for (const pair of pairs) {
+      const joined = joinRows(pair.chosen, pair.rejected);
+      let scores: tf.Tensor1D | undefined;
+      const { value, grads } = tf.variableGrads(() => {
+        const rowScores = tf.reshape(head.scores(hiddenStates(adapter, joined, { ...TRAINING, gradientCheckpointing: options.gradientCheckpointing ?? false }), joined.attentionMask), [-1]) as tf.Tensor1D;
+        scores = tf.keep(rowScores);
+        return tf.div(tf.sum(pairLosses(rowScores)), pairCount) as tf.Scalar;
+      }, [...variables]);
+      rewards.push(split(scores!, pair.chosen.rows));
+      scores!.dispose();
+      const previousLoss = loss;
+      loss = previousLoss ? (tf.add(previousLoss, value) as tf.Scalar) : value;
+      if (previousLoss) tf.dispose([previousLoss, value]);
+      const gradients = variables.map((variable) => {
+        const gradient = grads[variable.name];
+        if (!gradient) throw new Error(`no gradient reached trainable variable ${variable.name}; is it used in the forward pass? (a reward model does not use lm_head)`);
+        return gradient;
+      });
+      if (!summed) {
+        summed = gradients;
+      } else {
+        const previous = summed;
+        summed = previous.map((sum, i) => tf.add(sum, gradients[i]!));
+        tf.dispose([...previous, ...gradients]);
+      }
+    }
+    if (!summed || !loss) throw new Error("a training step needs at least one micro-batch");
+    const tokens = pairs.reduce((sum, pair) => sum + countTokens(pair.chosen) + countTokens(pair.rejected), 0);
+    return { loss, gradients: summed, rewards, tokens };
+  }
+
+  async evaluate(adapter: Adapter, batches: AsyncIterable<BatchData>): Promise<ObjectiveEvalResult | undefined> {
+    const head = scoreHead(adapter);
+    const rewards: Rewards[] = [];
+    let tokens = 0;
+    let lossSum = 0;
+    for await (const batch of batches) {
+      const pair = pairsOf(batch);
+      const joined = joinRows(pair.chosen, pair.rejected);
+      const scores = tf.tidy(() => tf.reshape(head.scores(hiddenStates(adapter, joined, EVALUATION), joined.attentionMask), [-1]) as tf.Tensor1D);
+      lossSum += tf.tidy(() => tf.sum(pairLosses(scores)).dataSync()[0]!);
+      rewards.push(split(scores, pair.chosen.rows));
+      scores.dispose();
+      tokens += countTokens(joined);
+    }
+    const count = rewards.reduce((sum, r) => sum + r.chosen.length, 0);
+    if (count === 0) return undefined;
+    return { loss: lossSum / count, tokens, preference: metrics(rewards) };
+  }
+}
+
+/** −log σ(r_chosen − r_rejected) per pair, from the scores of [chosen rows; rejected rows]. */
+function pairLosses(scores: tf.Tensor1D): tf.Tensor1D {
+  const pairs = scores.shape[0] / 2;
+  const [chosen, rejected] = tf.split(scores, [pairs, pairs]);
+  // softplus(−x) = −log σ(x), from ops with registered gradients (see dpo.ts's logSigmoid).
+  return tf.softplus(tf.neg(tf.sub(chosen!, rejected!))) as tf.Tensor1D;
+}
+
+function metrics(rewards: readonly Rewards[]): PreferenceMetrics {
+  let count = 0;
+  const sums = { chosen: 0, rejected: 0, right: 0 };
+  for (const r of rewards) {
+    for (let i = 0; i < r.chosen.length; i++) {
+      sums.chosen += r.chosen[i]!;
+      sums.rejected += r.rejected[i]!;
+      sums.right += r.chosen[i]! > r.rejected[i]! ? 1 : 0;
+      count++;
+    }
+  }
+  const mean = (value: number) => (count > 0 ? value / count : 0);
+  return {
+    rewardsChosen: mean(sums.chosen),
+    rewardsRejected: mean(sums.rejected),
+    rewardsAccuracies: mean(sums.right),
+    rewardsMargins: mean(sums.chosen - sums.rejected),
+  };
+}
+
+function scoreHead(adapter: Adapter): ScoreHeadAdapter {
+  if (!(adapter instanceof ScoreHeadAdapter)) throw new Error("the reward objective needs an adapter with a score head");
+  return adapter;
+}
+
+function pairsOf(batch: BatchData): { chosen: TokenBatch; rejected: TokenBatch } {
+  if (batch.kind !== "preference") {
+    throw new Error(`objective reward trains on preference pairs, but the dataset gives ${batch.kind} batches; use dataset.format preference`);
+  }
+  return batch;
+}
+
+function split(scores: tf.Tensor1D, pairs: number): Rewards {
+  const values = scores.dataSync() as Float32Array;
+  return { chosen: values.slice(0, pairs), rejected: values.slice(pairs, 2 * pairs) };
+}
+
+function hiddenStates(adapter: Adapter, batch: TokenBatch, context: ForwardContext & { gradientCheckpointing?: boolean }): tf.Tensor3D {
+  return tf.tidy(() => {
+    const shape: [number, number] = [batch.rows, batch.seqLength];
+    return adapter.forward({
+      inputIds: tf.tensor2d(batch.inputIds, shape, "int32"),
+      attentionMask: tf.tensor2d(batch.attentionMask, shape, "int32"),
+      skipOutputHead: true,
+      ...context,
+    });
+  });
+}
+
+function countTokens(batch: TokenBatch): number {
+  let count = 0;
+  for (const value of batch.attentionMask) count += value;
+  return count;
+}
