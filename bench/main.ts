@@ -1,5 +1,6 @@
 // The benchmark: npm run bench -- [--json] [--configs small,0.5b] [--backends tensorflow,wasm]
-//   [--warmup N] [--steps N] [--repeats N] [--python PATH] [--operator-jobs N]
+//   [--warmup N] [--steps N] [--repeats N] [--python PATH] [--operator-jobs N] [--operator-repeats N]
+//   [--operator-rss-jobs N]
 //
 // The trainer part times LoRA training steps (forward, backward, clipping, AdamW) of two models
 // with random weights, written once as Hugging Face model folders (bench/model-folder.ts) and
@@ -43,8 +44,11 @@ const { values: args } = parseArgs({
     "matmul-size": { type: "string", default: "2048" },
     // gpu: native TensorFlow on the GPU against PyTorch on CUDA, nothing else (bench/gpu.sh).
     device: { type: "string", default: "cpu" },
-    // The operator's benchmark (bench/operator.ts); 0 skips it.
+    // The operator's benchmark (bench/operator.ts); 0 skips it. --operator-rss-jobs: the one
+    // large run that measures the operator's peak RSS (0 skips it).
     "operator-jobs": { type: "string", default: "1000" },
+    "operator-repeats": { type: "string", default: "3" },
+    "operator-rss-jobs": { type: "string", default: "10000" },
   },
 });
 
@@ -334,7 +338,10 @@ const configs = Object.fromEntries(configRuns.map((runs) => [runs.config.name, s
 const trainerSeconds = round((performance.now() - started) / 1000);
 
 const operatorJobs = Number(args["operator-jobs"]);
-const operator = operatorJobs > 0 ? await benchOperator(operatorJobs) : undefined;
+const operator =
+  operatorJobs > 0
+    ? await benchOperator({ jobs: operatorJobs, repeats: Number(args["operator-repeats"]), rssJobs: Number(args["operator-rss-jobs"]), log: (line) => log(`operator: ${line}`) })
+    : undefined;
 
 const notes: string[] = [];
 if (typeof python !== "string") notes.push(`PyTorch reference skipped, so nothing was compared: ${python.unavailable}`);
@@ -428,9 +435,13 @@ function printHuman(): void {
   console.log(`trainer benchmark: ${trainerSeconds} s`);
   for (const note of notes) console.log(`note: ${note}`);
   if (operator) {
+    const verbs = Object.entries(operator.apiRequestsByVerb).map(([verb, count]) => `${count} ${verb}`).join(", ");
     console.log(
-      `operator: ${operator.jobs} FineTuneJobs -> every trainer pod in ${operator.secondsUntilAllPods} s, ${operator.reconcilesPerSecond} reconciles/s, ` +
-        `${operator.apiRequestsPerJob} API requests per job, peak RSS ${operator.operatorPeakRssMiB} MiB (kube-apiserver ${operator.kubeApiserver})`,
+      `operator (medians of ${operator.repeats}): ${operator.jobs} FineTuneJobs -> every trainer pod in ${operator.secondsUntilAllPods} s; ` +
+        `floor (the same ${operator.concurrency} clients writing ${operator.jobs} Secrets, pods and status patches) ${operator.floorSeconds} s; ratio ${operator.ratioToFloor}; ` +
+        `${operator.apiWritesPerJob} API writes per job (${verbs}); peak RSS ${operator.operatorPeakRssMiB} MiB` +
+        (operator.tenThousandJobs ? `; ${operator.tenThousandJobs.jobs} jobs: peak RSS ${operator.tenThousandJobs.operatorPeakRssMiB} MiB, every pod in ${operator.tenThousandJobs.secondsUntilAllPods} s` : "") +
+        ` (kube-apiserver ${operator.kubeApiserver})`,
     );
   }
 }

@@ -6,19 +6,81 @@ export interface InformerHandlers<T> {
   delete?(object: T): void;
 }
 
-export interface InformerOptions {
+export interface InformerOptions<T extends KubeObject = KubeObject> {
   /** The collection path, e.g. /api/v1/pods or /apis/kubetune.io/v1alpha1/namespaces/ns/finetunejobs. */
   path: string;
   labelSelector?: string;
   fieldSelector?: string;
   /**
    * The server ends each watch after this long and we re-watch from the last resourceVersion.
-   * Bounding every watch is the cure for watches that silently stop delivering events.
+   * Bounding every watch is the cure for watches that silently stop delivering events. By
+   * default 60-120 s, spread (as client-go's reflector spreads its 5-10 minutes) so that
+   * informers started together do not re-watch together.
    */
   watchTimeoutSeconds?: number;
   /** Every this often, every cached object is delivered again as an update (0: never). */
   resyncMs?: number;
+  /**
+   * A watch that brings no event and no bookmark for this long is taken for dead and opened
+   * again; meanwhile isWatching() is false, which fails readiness. A live watch that sees no
+   * change still ends at its timeout (and the API server bookmarks a quiet one about every
+   * two minutes), so by default this is the watch timeout plus 30 s: what only a dead
+   * connection (a half-open TCP socket, a stuck proxy) exceeds, which would otherwise freeze
+   * the cache with no error at all.
+   */
+  watchIdleTimeoutSeconds?: number;
+  /**
+   * Applied to every object before it is cached and handed to handlers, as client-go's
+   * SetTransform: drop what the informer's readers never use so that large caches stay small.
+   * Runs after stripServerBookkeeping, which every informer applies. Must not mutate shared
+   * state; it receives a freshly parsed object and may return it changed.
+   */
+  transform?: (object: T) => T;
   log?: (message: string) => void;
+}
+
+/** The last-applied copy that `kubectl apply` (client-side) keeps: a second copy of the whole object. */
+const LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration";
+
+/**
+ * Removes what only the API server reads: managedFields (server-side apply's field owners,
+ * often larger than the object) and kubectl's last-applied annotation. A cached object is
+ * never written back whole, and a PUT without managedFields keeps the stored ones anyway.
+ */
+export function stripServerBookkeeping<T extends KubeObject>(object: T): T {
+  const metadata = object.metadata as (KubeObject["metadata"] & { managedFields?: unknown }) | undefined;
+  if (!metadata) return object;
+  delete metadata.managedFields;
+  if (metadata.annotations && LAST_APPLIED in metadata.annotations) {
+    delete metadata.annotations[LAST_APPLIED];
+    if (Object.keys(metadata.annotations).length === 0) delete metadata.annotations;
+  }
+  return object;
+}
+
+/**
+ * A transform that keeps only the named top-level fields and dotted paths (e.g. "status",
+ * "spec.nodeName") besides apiVersion, kind and metadata; for caches whose readers need a
+ * small part of a large object (a pod's status, not its containers and environment).
+ */
+export function keepOnlyFields<T extends KubeObject>(paths: string[]): (object: T) => T {
+  const wanted = paths.map((entry) => entry.split("."));
+  return (object) => {
+    const source = object as unknown as Record<string, unknown>;
+    const kept: Record<string, unknown> = { apiVersion: source.apiVersion, kind: source.kind, metadata: source.metadata };
+    for (const segments of wanted) {
+      let from: unknown = source;
+      for (const segment of segments) from = from !== null && typeof from === "object" ? (from as Record<string, unknown>)[segment] : undefined;
+      if (from === undefined) continue;
+      let to = kept;
+      for (const segment of segments.slice(0, -1)) {
+        to[segment] ??= {};
+        to = to[segment] as Record<string, unknown>;
+      }
+      to[segments.at(-1)!] = from;
+    }
+    return kept as unknown as T;
+  };
 }
 
 /** Exponential backoff from 250 ms to 30 s with full jitter, so that informers that failed together do not retry together. */
@@ -31,17 +93,31 @@ function key(object: KubeObject): string {
   return `${object.metadata?.namespace ?? ""}/${object.metadata?.name ?? ""}`;
 }
 
+/** A secondary index: objects by the values a function computes from them (e.g. pods by owner). */
+interface Index<T> {
+  valuesOf: (object: T) => string[];
+  /** Index value -> object key -> object. */
+  entries: Map<string, Map<string, T>>;
+}
+
 /**
  * A list+watch cache of one kind: lists once, then watches from the list's resourceVersion,
- * asks for bookmarks, re-watches from the last resourceVersion when a watch ends, relists on
- * 410 Gone, and backs off between failed attempts. isWatching() feeds the readiness probe.
+ * asks for bookmarks, re-watches from the last resourceVersion when a watch ends or goes
+ * idle, relists on 410 Gone, and backs off between failed attempts. isWatching() feeds the
+ * readiness probe. Named indexes (addIndex/byIndex) answer "which objects have this value"
+ * without scanning the cache, as client-go's Indexer does.
  */
 export class Informer<T extends KubeObject> {
   private readonly cache = new Map<string, T>();
   private readonly handlers: InformerHandlers<T>[] = [];
+  private readonly indexes = new Map<string, Index<T>>();
   private resourceVersion = "";
   private abort = new AbortController();
   private watching = false;
+  /** When the current watch last showed life (opened, event, bookmark), by Date.now(). */
+  private lastHeardAt = 0;
+  /** The current watch's idle timeout (it follows the watch's own timeout). */
+  private idleMs = 0;
   private synced = false;
   private stopped = false;
   private loop?: Promise<void>;
@@ -49,12 +125,31 @@ export class Informer<T extends KubeObject> {
 
   constructor(
     private readonly client: KubeClient,
-    private readonly options: InformerOptions,
+    private readonly options: InformerOptions<T>,
   ) {}
 
   on(handlers: InformerHandlers<T>): this {
     this.handlers.push(handlers);
     return this;
+  }
+
+  /**
+   * Adds a named index: byIndex(name, value) then returns the cached objects for which
+   * valuesOf returns value. May be added before or after start().
+   */
+  addIndex(name: string, valuesOf: (object: T) => string[]): this {
+    if (this.indexes.has(name)) throw new Error(`informer ${this.options.path}: an index named ${name} exists already`);
+    const index: Index<T> = { valuesOf, entries: new Map() };
+    this.indexes.set(name, index);
+    for (const [objectKey, object] of this.cache) this.indexObject(index, objectKey, object);
+    return this;
+  }
+
+  /** The cached objects whose index `name` holds `value`; throws for an index never added. */
+  byIndex(name: string, value: string): T[] {
+    const index = this.indexes.get(name);
+    if (!index) throw new Error(`informer ${this.options.path}: no index named ${name}; call addIndex first`);
+    return [...(index.entries.get(value)?.values() ?? [])];
   }
 
   /** Starts the list+watch loop; resolves once the first list is in the cache. */
@@ -89,9 +184,12 @@ export class Informer<T extends KubeObject> {
     return this.synced;
   }
 
-  /** True while a watch is open or being re-opened after a normal end. */
+  /**
+   * True while a watch is open (or being re-opened after a normal end) and has shown life
+   * within the idle timeout: false on a cache that may be frozen.
+   */
   isWatching(): boolean {
-    return this.watching;
+    return this.watching && Date.now() - this.lastHeardAt <= this.idleMs;
   }
 
   private async relist(): Promise<void> {
@@ -105,7 +203,8 @@ export class Informer<T extends KubeObject> {
         limit: 500,
         continue: continueToken,
       });
-      for (const object of page.items) {
+      for (const item of page.items) {
+        const object = this.transform(item);
         seen.add(key(object));
         this.upsert(object);
       }
@@ -114,16 +213,34 @@ export class Informer<T extends KubeObject> {
     } while (continueToken);
     for (const [cachedKey, object] of [...this.cache]) {
       if (!seen.has(cachedKey)) {
-        this.cache.delete(cachedKey);
+        this.remove(cachedKey);
         this.emit("delete", object);
       }
     }
     this.resourceVersion = resourceVersion;
+    this.lastHeardAt = Date.now();
   }
 
   private async watchLoop(): Promise<void> {
     let failures = 0;
     while (!this.stopped) {
+      // Aborts only this watch, when it has gone idle.
+      const watchAbort = new AbortController();
+      const startedAt = Date.now();
+      const timeoutSeconds = this.options.watchTimeoutSeconds ?? Math.round(60 * (1 + Math.random()));
+      this.idleMs = (this.options.watchIdleTimeoutSeconds ?? timeoutSeconds + 30) * 1000;
+      const idleMs = this.idleMs;
+      let idle = false;
+      // The watchdog: a watch that has not shown life for the idle timeout is cut, and re-opened below.
+      const watchdog = setInterval(
+        () => {
+          if (Date.now() - Math.max(this.lastHeardAt, startedAt) <= idleMs) return;
+          idle = true;
+          watchAbort.abort();
+        },
+        Math.min(5000, idleMs / 4),
+      );
+      watchdog.unref();
       try {
         this.watching = true;
         let gone = false;
@@ -133,11 +250,12 @@ export class Informer<T extends KubeObject> {
           {
             resourceVersion: this.resourceVersion,
             allowWatchBookmarks: true,
-            timeoutSeconds: this.options.watchTimeoutSeconds ?? 300,
+            timeoutSeconds,
             labelSelector: this.options.labelSelector,
             fieldSelector: this.options.fieldSelector,
           },
           (type, object) => {
+            this.lastHeardAt = Date.now();
             if (type === "ERROR") {
               if (object.code === 410) gone = true;
               else {
@@ -148,11 +266,15 @@ export class Informer<T extends KubeObject> {
             }
             this.handleEvent(type, object);
           },
-          this.abort.signal,
+          AbortSignal.any([this.abort.signal, watchAbort.signal]),
+          () => (this.lastHeardAt = Date.now()),
         );
+        if (this.stopped) break;
         if (gone) await this.relist();
-        if (failed) {
-          // An error event other than 410 ends the watch at once; re-watching at once would hammer the API server.
+        if (idle) this.options.log?.(`watch ${this.options.path}: no event or bookmark for ${idleMs / 1000}s; re-opening it`);
+        if (failed || idle) {
+          // An error event other than 410 ends the watch at once, and an idle one may be a sign of a sick server:
+          // re-watching at once would hammer the API server.
           failures += 1;
           await this.sleep(backoffMs(failures));
         } else {
@@ -164,11 +286,15 @@ export class Informer<T extends KubeObject> {
         failures += 1;
         if (error instanceof ApiError && error.status === 410) {
           await this.relist().catch(() => undefined);
+        } else if (idle) {
+          this.options.log?.(`watch ${this.options.path}: not open after ${idleMs / 1000}s; retrying`);
         } else {
           this.options.log?.(`watch ${this.options.path} failed (${(error as Error).message}); retrying`);
         }
         await this.sleep(backoffMs(failures));
         if (failures > 1) await this.relist().catch(() => undefined);
+      } finally {
+        clearInterval(watchdog);
       }
     }
     this.watching = false;
@@ -184,23 +310,55 @@ export class Informer<T extends KubeObject> {
     });
   }
 
-  private handleEvent(type: WatchEventType, object: T): void {
-    if (object.metadata?.resourceVersion) this.resourceVersion = object.metadata.resourceVersion;
+  private handleEvent(type: WatchEventType, received: T): void {
+    if (received.metadata?.resourceVersion) this.resourceVersion = received.metadata.resourceVersion;
     if (type === "BOOKMARK") return;
+    const object = this.transform(received);
     if (type === "DELETED") {
-      const old = this.cache.get(key(object));
-      this.cache.delete(key(object));
-      if (old) this.emit("delete", object);
+      if (this.remove(key(object))) this.emit("delete", object);
       return;
     }
     this.upsert(object);
   }
 
+  private transform(object: T): T {
+    const stripped = stripServerBookkeeping(object);
+    return this.options.transform ? this.options.transform(stripped) : stripped;
+  }
+
   private upsert(object: T): void {
-    const old = this.cache.get(key(object));
-    this.cache.set(key(object), object);
+    const objectKey = key(object);
+    const old = this.cache.get(objectKey);
+    if (old) for (const index of this.indexes.values()) this.unindexObject(index, objectKey, old);
+    this.cache.set(objectKey, object);
+    for (const index of this.indexes.values()) this.indexObject(index, objectKey, object);
     if (!old) this.emit("add", object);
     else if (old.metadata?.resourceVersion !== object.metadata?.resourceVersion) this.emit("update", object, old);
+  }
+
+  /** Drops an object from the cache and the indexes; returns whether it was cached. */
+  private remove(objectKey: string): boolean {
+    const old = this.cache.get(objectKey);
+    if (!old) return false;
+    this.cache.delete(objectKey);
+    for (const index of this.indexes.values()) this.unindexObject(index, objectKey, old);
+    return true;
+  }
+
+  private indexObject(index: Index<T>, objectKey: string, object: T): void {
+    for (const value of index.valuesOf(object)) {
+      let objects = index.entries.get(value);
+      if (!objects) index.entries.set(value, (objects = new Map()));
+      objects.set(objectKey, object);
+    }
+  }
+
+  private unindexObject(index: Index<T>, objectKey: string, object: T): void {
+    for (const value of index.valuesOf(object)) {
+      const objects = index.entries.get(value);
+      objects?.delete(objectKey);
+      if (objects?.size === 0) index.entries.delete(value);
+    }
   }
 
   private emit(event: "add" | "update" | "delete", object: T, old?: T): void {

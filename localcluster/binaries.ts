@@ -6,17 +6,23 @@ import { fileURLToPath } from "node:url";
 
 const buildDir = path.join(path.dirname(fileURLToPath(import.meta.url)), "build");
 
-export type BinaryName = "kube-apiserver" | "kubectl" | "etcd" | "minio" | "helm";
+export type BinaryName = "kube-apiserver" | "kubectl" | "etcd" | "minio" | "helm" | "kueue";
 
 /** The pinned versions, from build/versions.env (the one place they are written). */
-export function pinnedVersions(): { kubernetes: string; etcd: string; minio: string; helm: string } {
+export function pinnedVersions(): { kubernetes: string; etcd: string; minio: string; helm: string; kueue: string } {
   const values = Object.fromEntries(
     readFileSync(path.join(buildDir, "versions.env"), "utf8")
       .split("\n")
       .filter((line) => /^[A-Z_]+=/.test(line))
       .map((line) => line.split("=", 2) as [string, string]),
   );
-  return { kubernetes: values.KUBERNETES_VERSION!, etcd: values.ETCD_VERSION!, minio: values.MINIO_VERSION!, helm: values.HELM_VERSION! };
+  return {
+    kubernetes: values.KUBERNETES_VERSION!,
+    etcd: values.ETCD_VERSION!,
+    minio: values.MINIO_VERSION!,
+    helm: values.HELM_VERSION!,
+    kueue: values.KUEUE_VERSION!,
+  };
 }
 
 /** Where built binaries are cached, keyed by version. */
@@ -30,12 +36,31 @@ const overrideVariable: Record<BinaryName, string> = {
   etcd: "KUBETUNE_ETCD",
   minio: "KUBETUNE_MINIO",
   helm: "KUBETUNE_HELM",
+  kueue: "KUBETUNE_KUEUE",
+};
+
+/** Which pinned version each binary is built at. */
+const versionOf: Record<BinaryName, keyof ReturnType<typeof pinnedVersions>> = {
+  "kube-apiserver": "kubernetes",
+  kubectl: "kubernetes",
+  etcd: "etcd",
+  minio: "minio",
+  helm: "helm",
+  kueue: "kueue",
 };
 
 function cachedPath(name: BinaryName): string {
-  const versions = pinnedVersions();
-  const version = name === "etcd" ? versions.etcd : name === "minio" ? versions.minio : name === "helm" ? versions.helm : versions.kubernetes;
-  return path.join(cacheDir(), "bin", `${name}-${version}`);
+  return path.join(cacheDir(), "bin", `${name}-${pinnedVersions()[versionOf[name]]}`);
+}
+
+/**
+ * The Kueue manifests that go with the manager: crd/ (bases/ and the kustomization naming the
+ * CRDs with a conversion webhook) and webhook/manifests.yaml, as in config/components of the
+ * sigs.k8s.io/kueue module. The build copies them beside the cached binary;
+ * KUBETUNE_KUEUE_CONFIG names another folder (with KUBETUNE_KUEUE, for a manager built elsewhere).
+ */
+export function kueueConfigDir(): string {
+  return process.env.KUBETUNE_KUEUE_CONFIG ?? `${cachedPath("kueue")}-config`;
 }
 
 /**
@@ -53,6 +78,16 @@ export async function resolveBinaries(names: BinaryName[], log: (line: string) =
     } else {
       result[name] = cachedPath(name);
       if (!existsSync(result[name])) missing.push(name);
+    }
+    // The manager is no use without its CRDs, which the same build step provides.
+    if (name === "kueue" && !existsSync(kueueConfigDir()) && !missing.includes(name)) {
+      if (override || process.env.KUBETUNE_KUEUE_CONFIG) {
+        throw new Error(
+          `${process.env.KUBETUNE_KUEUE_CONFIG ? "KUBETUNE_KUEUE_CONFIG" : "the Kueue manifests folder"} ${kueueConfigDir()}: no such folder; ` +
+            "point KUBETUNE_KUEUE_CONFIG at a copy of config/components (crd/ and webhook/) of the sigs.k8s.io/kueue module of the same version",
+        );
+      }
+      missing.push(name);
     }
   }
   if (missing.length > 0) await build(missing, log);

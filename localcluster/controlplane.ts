@@ -11,6 +11,8 @@ export interface ControlPlane {
   server: string;
   /** The kube-apiserver's reported gitVersion, e.g. v1.36.3. */
   version: string;
+  /** JSON lines, one per request made by a service account (Metadata level): who did what, and the authorizer's decision. */
+  auditLog: string;
   /** A kubeconfig for the admin user (group system:masters). */
   kubeconfig: string;
   adminToken: string;
@@ -38,6 +40,14 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const adminToken = randomBytes(24).toString("hex");
   const tokenFile = path.join(dir, "pki", "tokens.csv");
   await writeFile(tokenFile, `${adminToken},kubetune-admin,kubetune-admin,"system:masters"\n`, { mode: 0o600 });
+  // Service accounts (the operator as the chart runs it) are audited, so tests can compare what it did with what its
+  // RBAC grants; the admin user (tests, the pod runner) is not, which keeps the log small.
+  const auditPolicy = path.join(dir, "audit-policy.yaml");
+  const auditLog = path.join(dir, "logs", "audit.log");
+  await writeFile(
+    auditPolicy,
+    ["apiVersion: audit.k8s.io/v1", "kind: Policy", "omitStages: [RequestReceived]", "rules:", "  - level: Metadata", "    userGroups: [system:serviceaccounts]", "  - level: None", ""].join("\n"),
+  );
 
   const etcdPort = options.etcdPort ?? (await freePort());
   const etcdPeerPort = await freePort();
@@ -86,6 +96,11 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
         "--kubelet-preferred-address-types=InternalIP",
         `--token-auth-file=${tokenFile}`,
         "--authorization-mode=RBAC",
+        // As many production clusters (OpenShift among them): setting blockOwnerDeletion needs update on the owner's
+        // finalizers subresource, so the chart's RBAC is tested against it.
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+        `--audit-policy-file=${auditPolicy}`,
+        `--audit-log-path=${auditLog}`,
         `--service-account-key-file=${pki.serviceAccountPublicKey}`,
         `--service-account-signing-key-file=${pki.serviceAccountKey}`,
         "--service-account-issuer=https://kubernetes.default.svc",
@@ -114,7 +129,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       processes.splice(processes.indexOf(old!), 1);
       await startApiserver();
     };
-    return { server, version, kubeconfig, adminToken, caCert: pki.caCert, processes, stop, restartApiserver };
+    return { server, version, auditLog, kubeconfig, adminToken, caCert: pki.caCert, processes, stop, restartApiserver };
   } catch (error) {
     await stop();
     throw error;

@@ -18,15 +18,19 @@ export interface S3Server {
   stop(): Promise<void>;
 }
 
-export async function startMinio(options: { dir: string; minio: string; port?: number }): Promise<S3Server> {
+/**
+ * Starts MinIO on loopback with its data under `dir`. Given the port and credentials of an
+ * earlier server on the same `dir`, it is that server again (a restart, for fault tests).
+ */
+export async function startMinio(options: { dir: string; minio: string; port?: number; credentials?: { accessKeyId: string; secretAccessKey: string } }): Promise<S3Server> {
   const dataDir = path.join(options.dir, "minio-data");
   await mkdir(dataDir, { recursive: true });
   await mkdir(path.join(options.dir, "logs"), { recursive: true });
   const port = options.port ?? (await freePort());
   const consolePort = await freePort();
   await assertPortFree(port, "MinIO");
-  const accessKeyId = `kubetune${randomBytes(4).toString("hex")}`;
-  const secretAccessKey = randomBytes(20).toString("hex");
+  const accessKeyId = options.credentials?.accessKeyId ?? `kubetune${randomBytes(4).toString("hex")}`;
+  const secretAccessKey = options.credentials?.secretAccessKey ?? randomBytes(20).toString("hex");
   const version = (await promisify(execFile)(options.minio, ["--version"])).stdout.split("\n")[0]!.trim();
   const minio = startProcess(
     "minio",

@@ -1,5 +1,10 @@
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import { PHASES, type FineTuneJob } from "../api/index.ts";
+import { PHASES, type FineTuneJob, type Phase } from "../api/index.ts";
+
+/** The phase a job's status shows; a new job has none yet and counts as Pending. */
+function phaseOf(job: FineTuneJob): Phase {
+  return job.status?.phase ?? "Pending";
+}
 
 /**
  * The operator's Prometheus metrics. Per-job series carry only namespace and job labels
@@ -48,6 +53,17 @@ export class OperatorMetrics {
     labelNames: ["namespace", "job"],
     registers: [this.registry],
   });
+  readonly progressReports = new Counter({
+    name: "kubetune_progress_reports_total",
+    help: "Trainer progress reports answered, by HTTP status (202/204 taken; 409 stale attempt or finished job; 403 bad token; 503 not the leader).",
+    labelNames: ["code"],
+    registers: [this.registry],
+  });
+  readonly progressStatusWrites = new Counter({
+    name: "kubetune_progress_status_writes_total",
+    help: "Status writes made for progress reports, after coalescing (at most one per job every few seconds).",
+    registers: [this.registry],
+  });
   readonly leader = new Gauge({ name: "kubetune_leader", help: "1 while this operator replica holds the leader Lease and acts, else 0.", registers: [this.registry] });
 
   /** Exposes the API requests a client has sent, by verb: what the operator costs the API server. */
@@ -64,18 +80,49 @@ export class OperatorMetrics {
     });
   }
 
-  /** Recounts jobs by phase from the informer's cache. */
-  countJobs(jobs: FineTuneJob[]): void {
-    this.jobs.reset();
-    const counts = new Map<string, number>();
-    for (const job of jobs) {
-      const key = `${job.metadata.namespace}\u0000${job.status?.phase ?? "Pending"}`;
-      counts.set(key, (counts.get(key) ?? 0) + 1);
+  /** Each job's phase as last counted in kubetune_jobs, by namespace/name: what a change or a delete subtracts. */
+  private readonly countedPhases = new Map<string, { namespace: string; phase: Phase }>();
+  /** Jobs counted per namespace and phase. */
+  private readonly phaseCounts = new Map<string, Map<Phase, number>>();
+
+  /**
+   * kubetune_jobs follows the job cache's add, update and delete events, one job at a time (a
+   * reconcile never recounts the whole cache). A namespace's series go once its last job goes.
+   */
+  jobAdded(job: FineTuneJob): void {
+    this.countJob(job.metadata.namespace ?? "", job.metadata.name ?? "", phaseOf(job));
+  }
+
+  jobUpdated(_old: FineTuneJob, job: FineTuneJob): void {
+    this.countJob(job.metadata.namespace ?? "", job.metadata.name ?? "", phaseOf(job));
+  }
+
+  jobDeleted(job: FineTuneJob): void {
+    this.countJob(job.metadata.namespace ?? "", job.metadata.name ?? "", undefined);
+  }
+
+  private countJob(namespace: string, name: string, phase: Phase | undefined): void {
+    const key = `${namespace}/${name}`;
+    const before = this.countedPhases.get(key)?.phase;
+    if (before === phase) return;
+    let counts = this.phaseCounts.get(namespace);
+    if (!counts) {
+      counts = new Map(PHASES.map((each) => [each, 0]));
+      this.phaseCounts.set(namespace, counts);
     }
-    const namespaces = new Set(jobs.map((job) => job.metadata.namespace ?? ""));
-    for (const namespace of namespaces) {
-      for (const phase of PHASES) this.jobs.set({ namespace, phase }, counts.get(`${namespace}\u0000${phase}`) ?? 0);
+    if (before) counts.set(before, counts.get(before)! - 1);
+    if (phase) {
+      counts.set(phase, counts.get(phase)! + 1);
+      this.countedPhases.set(key, { namespace, phase });
+    } else {
+      this.countedPhases.delete(key);
     }
+    if ([...counts.values()].every((count) => count === 0)) {
+      this.phaseCounts.delete(namespace);
+      for (const each of PHASES) this.jobs.remove({ namespace, phase: each });
+      return;
+    }
+    for (const [each, count] of counts) this.jobs.set({ namespace, phase: each }, count);
   }
 
   setJobProgress(namespace: string, job: string, values: { ratio?: number; loss?: number; tokensPerSecond?: number }): void {

@@ -6,10 +6,12 @@ import os from "node:os";
 import { KubeClient } from "../kube/client.ts";
 import { FineTuneJobController } from "./finetunejob/controller.ts";
 import type { DecideSettings } from "./finetunejob/decide.ts";
+import { MetricsAuthorizer, type MetricsAuthorization } from "./metrics-auth.ts";
 import { OperatorMetrics } from "./metrics.ts";
 import { ProgressServer } from "./progress/server.ts";
 import { EventRecorder } from "./runtime/events.ts";
 import { LeaderElector } from "./runtime/leader-election.ts";
+import { loadOrCreateKeys, servingHosts, ServingCertificate } from "./runtime/serving-keys.ts";
 
 export interface OperatorOptions {
   kubeconfig?: string;
@@ -18,10 +20,27 @@ export interface OperatorOptions {
   probeAddress: string;
   /** host:port of the HTTPS progress endpoint. */
   progressAddress: string;
-  progressTls: { certFile: string; keyFile: string };
+  /** Certificate and key files of the progress endpoint (cert-manager's Secret, mounted), reread when they change. */
+  progressTls?: { certFile: string; keyFile: string };
+  /**
+   * The Secret the operator keeps its progress CA and token key in: created when its pod's mount
+   * of it (`dir`) is empty, never read through the API (runtime/serving-keys.ts).
+   */
+  keySecret?: { namespace: string; name: string; dir: string };
+  /** DNS names and IP addresses the operator's own serving certificate covers besides the progress URL's host. */
+  progressCertHosts?: string[];
   /** File with the key progress tokens are derived from; shared by replicas and restarts. */
   progressTokenKeyFile?: string;
-  leaderElection: { enabled: boolean; namespace: string; name: string; identity?: string };
+  /** The Lease; the timings default to client-go's (15 s lease, 10 s renew deadline, 2 s retry period). */
+  leaderElection: { enabled: boolean; namespace: string; name: string; identity?: string; leaseDurationSeconds?: number; renewDeadlineSeconds?: number; retryPeriodSeconds?: number };
+  /**
+   * Serve /metrics on the HTTPS progress port too, behind its TLS (docs/metrics.md): "kubernetes"
+   * admits bearer tokens whose user may get the non-resource URL /metrics (TokenReview and
+   * SubjectAccessReview, as kube-rbac-proxy), "none" anyone who reaches the port. Unset: not there.
+   */
+  secureMetrics?: MetricsAuthorization;
+  /** Serve /metrics on the plain-HTTP probe port (default true; set false once scrapes use the HTTPS port). */
+  metricsOnProbePort?: boolean;
   concurrency: number;
   settings: DecideSettings;
   log?: (message: string) => void;
@@ -33,6 +52,12 @@ export interface RunningOperator {
   probePort: number;
   progressPort: number;
   isLeader(): boolean;
+  /**
+   * Resolves, with the reason, when this operator has stopped acting for good and its process
+   * must exit so that a restart rejoins the leader election (as controller-runtime's manager
+   * exits on lost leadership); /healthz fails from then on. The CLI exits non-zero on it.
+   */
+  fatal: Promise<string>;
   /** Graceful shutdown: stop acting, release the lease, close servers. */
   stop(): Promise<void>;
 }
@@ -48,14 +73,25 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const client = KubeClient.load(options.kubeconfig);
   const metrics = new OperatorMetrics();
   metrics.trackApiRequests(client.requestCounts);
-  const tokenKey = options.progressTokenKeyFile ? readFileSync(options.progressTokenKeyFile) : randomBytes(32);
-  if (!options.progressTokenKeyFile) log("no --progress-token-key-file: using a random key; trainers of running jobs must re-register after a restart");
+  const keys = options.keySecret ? await loadOrCreateKeys({ client, ...options.keySecret, log }) : undefined;
+  const tokenKey = options.progressTokenKeyFile ? readFileSync(options.progressTokenKeyFile) : (keys?.tokenKey ?? randomBytes(32));
+  if (!options.progressTokenKeyFile && !keys) log("no --progress-token-key-file or --key-secret: using a random key; trainers of running jobs must re-register after a restart");
+  const serving = options.progressTls
+    ? ServingCertificate.fromFiles(options.progressTls.certFile, options.progressTls.keyFile, log)
+    : keys
+      ? ServingCertificate.fromCa(keys.ca, servingHosts(options.settings.progressUrl, options.progressCertHosts ?? []), log)
+      : undefined;
+  if (!serving) throw new Error("the progress endpoint needs a certificate: give --progress-tls-cert and --progress-tls-key, or --key-secret");
+  // Trainers verify the endpoint against the CA the operator signs with, which is public.
+  const settings = keys && !options.progressTls ? { ...options.settings, progressCa: keys.ca.cert } : options.settings;
+  const events = new EventRecorder(client, "kubetune-operator", log);
+  const metricsAuthorizer = new MetricsAuthorizer(client);
   const controller = new FineTuneJobController({
     client,
-    settings: options.settings,
+    settings,
     tokenKey,
     metrics,
-    events: new EventRecorder(client, "kubetune-operator", log),
+    events,
     namespaces: options.namespaces,
     concurrency: options.concurrency,
     log,
@@ -63,9 +99,16 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const progress = new ProgressServer({
     client,
     key: tokenKey,
-    tls: { cert: readFileSync(options.progressTls.certFile), key: readFileSync(options.progressTls.keyFile) },
+    tls: serving.get(),
     lookup: (namespace, name) => controller.job(namespace, name),
+    podsOf: (job) => controller.podsOf(job),
+    // Only the leader's caches and metrics count: a follower answers 503 and the trainer retries.
+    isLeader: () => (elector ? elector.isLeader() : true),
     metrics,
+    events,
+    ...(options.secureMetrics
+      ? { metricsEndpoint: options.secureMetrics === "kubernetes" ? { authorize: (header: string | undefined) => metricsAuthorizer.authorize(header) } : {} }
+      : {}),
     log,
   });
   const elector = options.leaderElection.enabled
@@ -75,17 +118,24 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         name: options.leaderElection.name,
         // In a pod HOSTNAME is the pod's name (also where the local pod runner runs it as a process).
         identity: options.leaderElection.identity ?? `${process.env.HOSTNAME || os.hostname()}-${randomBytes(3).toString("hex")}`,
+        leaseDurationSeconds: options.leaderElection.leaseDurationSeconds,
+        renewDeadlineSeconds: options.leaderElection.renewDeadlineSeconds,
+        retryPeriodSeconds: options.leaderElection.retryPeriodSeconds,
         log,
       })
     : undefined;
 
+  // Set once the operator can no longer act (lost leadership): liveness fails until the process exits and is restarted.
+  let fatalReason: string | undefined;
+  let reportFatal!: (reason: string) => void;
+  const fatal = new Promise<string>((resolve) => (reportFatal = resolve));
   const probes = http.createServer((request, response) => {
-    if (request.url === "/healthz") return void response.writeHead(200).end("ok\n");
+    if (request.url === "/healthz") return void (fatalReason ? response.writeHead(503).end(`${fatalReason}\n`) : response.writeHead(200).end("ok\n"));
     if (request.url === "/readyz") {
       const ready = controller.isHealthy();
       return void response.writeHead(ready ? 200 : 503).end(ready ? "ok\n" : "informers not synced or not watching\n");
     }
-    if (request.url === "/metrics") {
+    if (request.url === "/metrics" && options.metricsOnProbePort !== false) {
       void metrics.registry.metrics().then((text) => response.writeHead(200, { "content-type": metrics.registry.contentType }).end(text));
       return;
     }
@@ -95,6 +145,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   await new Promise<void>((resolve) => probes.listen(probeAddress.port, probeAddress.host, resolve));
   const progressAddress = splitAddress(options.progressAddress);
   const progressPort = await progress.listen(progressAddress.port, progressAddress.host);
+  serving.start((pair) => progress.setTls(pair));
 
   await controller.sync();
   log(`caches synced: ${controller.allJobs().length} FineTuneJobs`);
@@ -106,11 +157,13 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         metrics.leader.set(1);
         controller.start();
       },
-      onStoppedLeading: () => {
-        // Another replica may act now: stop at once rather than risk two writers.
-        log("lost leadership; stopping");
+      onStoppedLeading: (reason) => {
+        // Another replica may act now: stop at once rather than risk two writers. Rejoining in this process would
+        // resume from caches and expectations built while leading; a fresh process rebuilds them from the cluster.
+        fatalReason = `lost leadership of the lease ${options.leaderElection.namespace}/${options.leaderElection.name} (${reason}); the process must restart to rejoin the election`;
+        log(fatalReason);
         metrics.leader.set(0);
-        void controller.stop();
+        void controller.stop().finally(() => reportFatal(fatalReason!));
       },
     });
   } else {
@@ -124,14 +177,17 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     probePort: (probes.address() as AddressInfo).port,
     progressPort,
     isLeader: () => (elector ? elector.isLeader() : true),
+    fatal,
     async stop() {
       if (stopped) return;
       stopped = true;
       await controller.stop();
       await elector?.stop();
+      serving.stop();
       await progress.close();
       probes.closeAllConnections();
       await new Promise<void>((resolve) => probes.close(() => resolve()));
+      client.close();
     },
   };
 }

@@ -71,6 +71,15 @@ function effectiveEnv(name: string): Map<string, string> {
   return env;
 }
 
+/** The ENTRYPOINT a final image has, as its JSON array. */
+function effectiveEntrypoint(name: string): string[] {
+  for (const current of lineage(name)) {
+    const entrypoint = current.instructions.findLast((instruction) => instruction.keyword === "ENTRYPOINT");
+    if (entrypoint) return JSON.parse(entrypoint.args) as string[];
+  }
+  return [];
+}
+
 /** The stage a final image's node_modules comes from. */
 function nodeModulesSource(name: string): Stage {
   const copy = lineage(name)
@@ -138,6 +147,18 @@ describe("the Dockerfile", () => {
     expect(baseOf("trainer-gpu")).toBe(baseOf("operator"));
     expect(baseOf("trainer-gpu")).not.toMatch(/cuda/i);
     expect(effectiveEnv("trainer-gpu").get("NVIDIA_DRIVER_CAPABILITIES")?.split(",")).toContain("compute");
+  });
+
+  it("ships the operator as dist/operator.mjs, bundled from the sources and locked dependencies the image has, run with a small young generation", () => {
+    const copy = stage("operator").instructions.find((instruction) => instruction.keyword === "COPY" && /\/app\/dist\b/.test(instruction.args));
+    expect(copy?.args).toMatch(/\/app\/dist \.\/dist$/);
+    const builder = lineage(copy!.args.match(/--from=(\S+)/)![1]!).flatMap((current) => current.instructions);
+    expect(builder.some((instruction) => instruction.keyword === "RUN" && /^node scripts\/build-operator\.mjs$/.test(instruction.args))).toBe(true);
+    expect(builder.some((instruction) => instruction.keyword === "COPY" && /^--from=sources \/app \.\/$/.test(instruction.args))).toBe(true);
+    expect(builder.some((instruction) => instruction.keyword === "RUN" && /\bnpm ci\b/.test(instruction.args))).toBe(true);
+    expect(effectiveEntrypoint("operator")).toEqual(["node", "--max-semi-space-size=1", "/app/bin/kubetune.mjs"]);
+    // The trainers keep V8's default young generation: their allocation rate is far higher than the operator's.
+    for (const trainer of ["trainer-cpu", "trainer-gpu"]) expect(effectiveEntrypoint(trainer)).toEqual(["node", "/app/bin/kubetune.mjs"]);
   });
 
   it("copies every folder the CLI imports, and package.json, into the images", () => {

@@ -1,9 +1,11 @@
 import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { startOperator } from "../../operator/operator.ts";
+// An import, not a read relative to this file: the bundle (dist/operator.mjs) carries it inline.
+import packageJson from "../../package.json" with { type: "json" };
 
 // Image defaults carry the operator's own version, from package.json (npm_package_version exists only under `npm run`).
-const version = (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+const { version } = packageJson;
 
 export function registerOperator(program: Command): void {
   program

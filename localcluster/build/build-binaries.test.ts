@@ -46,4 +46,20 @@ describe("resolveBinaries", () => {
     if (previous === undefined) delete process.env.KUBETUNE_ETCD;
     else process.env.KUBETUNE_ETCD = previous;
   });
+
+  it("wants the Kueue manifests with a Kueue manager named by its variable", async () => {
+    const previous = { binary: process.env.KUBETUNE_KUEUE, config: process.env.KUBETUNE_KUEUE_CONFIG };
+    process.env.KUBETUNE_KUEUE = "/bin/true";
+    process.env.KUBETUNE_KUEUE_CONFIG = "/nonexistent/kueue-config";
+    try {
+      await expect(resolveBinaries(["kueue"])).rejects.toThrow(/KUBETUNE_KUEUE_CONFIG \/nonexistent\/kueue-config: no such folder.*config\/components \(crd\/ and webhook\/\)/);
+      process.env.KUBETUNE_KUEUE_CONFIG = import.meta.dirname;
+      await expect(resolveBinaries(["kueue"])).resolves.toEqual({ kueue: "/bin/true" });
+    } finally {
+      for (const [name, value] of [["KUBETUNE_KUEUE", previous.binary], ["KUBETUNE_KUEUE_CONFIG", previous.config]] as const) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+    }
+  });
 });

@@ -1,5 +1,5 @@
 import type { V1Pod } from "@kubernetes/client-node";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
 import { resourcePath } from "../../kube/client.ts";
 import { FakeKube } from "../../kube/fake.ts";
@@ -54,6 +54,7 @@ async function until<T>(what: string, check: () => T | undefined | Promise<T | u
 
 describe("FineTuneJobController against a lagging cache", () => {
   let controller: FineTuneJobController | undefined;
+  let metrics: OperatorMetrics;
   afterEach(async () => {
     await controller?.stop();
     controller = undefined;
@@ -65,7 +66,7 @@ describe("FineTuneJobController against a lagging cache", () => {
       client,
       settings: { ...settings, ...overrides },
       tokenKey: Buffer.alloc(32, 1),
-      metrics: new OperatorMetrics(),
+      metrics: (metrics = new OperatorMetrics()),
       events: new EventRecorder(client, "test"),
       namespaces: [namespace],
       concurrency: 2,
@@ -152,9 +153,40 @@ describe("FineTuneJobController against a lagging cache", () => {
     await kube.delete(secretPath("tune-progress"));
     // The trainer fails; the next attempt needs the Secret again.
     await kube.update(podPath("tune-train-1"), (pod) => {
-      (pod as V1Pod).status = { phase: "Failed", containerStatuses: [{ name: "trainer", image: "", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode: 1 } } }] };
+      (pod as V1Pod).status = { phase: "Failed", containerStatuses: [{ name: "trainer", image: "", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode: 1, finishedAt: new Date(Date.now() - 3600_000) } } }] };
     });
     await until("attempt 2", () => kube.stored(podPath("tune-train-2")), 5000);
     expect(kube.stored(secretPath("tune-progress"))).toBeDefined();
+  });
+
+  it("reconciles a job from its own pods (an index by owner), never scanning the caches", async () => {
+    const kube = new FakeKube();
+    for (const name of ["a", "b", "c"]) await kube.create(jobPath(), manifest(name));
+    await start(kube);
+    await until("three trainer pods", () => kube.storedIn<V1Pod>(podPath()).length === 3 || undefined);
+    const scans = [...controller!.jobs, ...controller!.pods].map((informer) => vi.spyOn(informer, "list"));
+    const before = controller!.reconciles;
+    await kube.update(podPath("b-train-1"), (pod) => {
+      (pod as V1Pod).status = { phase: "Running" };
+    });
+    await until("a reconcile of b", () => controller!.reconciles > before || undefined);
+    await until("b Running/Training", () => kube.stored<FineTuneJob>(jobPath("b"))?.status?.conditions?.some((c) => c.reason === "Training") || undefined);
+    expect(scans.reduce((sum, spy) => sum + spy.mock.calls.length, 0)).toBe(0);
+    expect(controller!.podsOf(kube.stored<FineTuneJob>(jobPath("b"))!).map((pod) => pod.metadata?.name)).toEqual(["b-train-1"]);
+  });
+
+  it("keeps kubetune_jobs by phase from cache events: a deleted job leaves no count behind", async () => {
+    const kube = new FakeKube();
+    // Jobs that end without a pod (refused for their queueName): nothing but the delete itself tells of their going.
+    await kube.create(jobPath(), manifest("a", { queueName: "gpus" }));
+    await kube.create(jobPath(), manifest("b", { queueName: "gpus" }));
+    await start(kube);
+    const count = async (phase: string) => (await metrics.jobs.get()).values.find((value) => value.labels.namespace === namespace && value.labels.phase === phase)?.value;
+    await until("two Failed", async () => ((await count("Failed")) === 2 ? true : undefined));
+    await kube.delete(jobPath("a"));
+    await until("one Failed", async () => ((await count("Failed")) === 1 ? true : undefined));
+    await kube.delete(jobPath("b"));
+    // Its last job gone, the namespace has no series at all (no zeros left for ever).
+    await until("no series", async () => ((await metrics.jobs.get()).values.some((value) => value.labels.namespace === namespace) ? undefined : true));
   });
 });

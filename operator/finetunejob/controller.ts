@@ -2,7 +2,7 @@ import type { V1Pod } from "@kubernetes/client-node";
 import { isDeepStrictEqual } from "node:util";
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
 import { ApiError, isAlreadyExists, isNotFound, resourcePath, type KubeClient, type KubeObject } from "../../kube/client.ts";
-import { Informer } from "../../kube/informer.ts";
+import { Informer, keepOnlyFields } from "../../kube/informer.ts";
 import type { OperatorMetrics } from "../metrics.ts";
 import { progressToken } from "../progress/token.ts";
 import type { EventRecorder } from "../runtime/events.ts";
@@ -25,10 +25,25 @@ export interface ControllerOptions {
   log: (message: string) => void;
 }
 
+/** The pod informers' index of pods by the uid of their controlling owner. */
+const BY_OWNER = "owner";
+
+/**
+ * Every object is delivered again this often, as controller-runtime's SyncPeriod (10 hours by
+ * default): a safety net, not a timer. Timeouts and backoffs come back through
+ * requeueAfterSeconds, so nothing waits for a resync.
+ */
+const RESYNC_MS = 10 * 60 * 60_000;
+/** A resync's reconciles are spread over this long rather than queued all at once. */
+const RESYNC_SPREAD_MS = 5 * 60_000;
+
 /**
  * The FineTuneJob controller: informers feed a de-duplicating work queue; each worker takes a
  * job key and runs observe (from the caches) -> decide (pure) -> act (API calls) -> write
- * status. Failed reconciles are retried with per-key exponential backoff.
+ * status. Failed reconciles are retried with per-key exponential backoff. A reconcile reads
+ * its job and that job's pods (through an index by owner), never the whole cache, and the
+ * jobs-by-phase gauge is kept from informer events, so a reconcile costs the same with ten
+ * jobs or ten thousand.
  */
 export class FineTuneJobController {
   readonly jobs: Informer<FineTuneJob>[];
@@ -44,24 +59,36 @@ export class FineTuneJobController {
   constructor(private readonly options: ControllerOptions) {
     const scopes = options.namespaces.length ? options.namespaces : [undefined];
     this.jobs = scopes.map(
-      (namespace) => new Informer<FineTuneJob>(options.client, { path: resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace }), resyncMs: 5 * 60_000, log: options.log }),
+      (namespace) => new Informer<FineTuneJob>(options.client, { path: resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace }), resyncMs: RESYNC_MS, log: options.log }),
     );
     this.pods = scopes.map(
       (namespace) =>
         new Informer<V1Pod>(options.client, {
           path: resourcePath({ group: "", version: "v1", plural: "pods", namespace }),
           labelSelector: LABEL_JOB_NAME,
+          // decide() reads a pod's metadata and status; its spec (containers, environment, the job spec again) is most of its size.
+          transform: keepOnlyFields<V1Pod>(["status", "spec.nodeName"]),
           log: options.log,
         }),
     );
-    const enqueueJob = (job: FineTuneJob) => this.queue.add(`${job.metadata.namespace}/${job.metadata.name}`);
+    for (const informer of this.pods) informer.addIndex(BY_OWNER, (pod) => ownerUids(pod));
+    const keyOf = (job: FineTuneJob) => `${job.metadata.namespace}/${job.metadata.name}`;
     for (const informer of this.jobs) {
       informer.on({
-        add: enqueueJob,
-        update: enqueueJob,
+        add: (job) => {
+          options.metrics.jobAdded(job);
+          this.queue.add(keyOf(job));
+        },
+        update: (job, old) => {
+          options.metrics.jobUpdated(old, job);
+          // A resync delivers the same version again: spread those reconciles out.
+          if (job.metadata.resourceVersion === old.metadata.resourceVersion) this.queue.addAfter(keyOf(job), Math.random() * RESYNC_SPREAD_MS);
+          else this.queue.add(keyOf(job));
+        },
         delete: (job) => {
+          options.metrics.jobDeleted(job);
           options.metrics.removeJob(job.metadata.namespace!, job.metadata.name!);
-          this.expectations.forget(`${job.metadata.namespace}/${job.metadata.name}`);
+          this.expectations.forget(keyOf(job));
         },
       });
     }
@@ -113,6 +140,13 @@ export class FineTuneJobController {
     return this.jobs.flatMap((informer) => informer.list());
   }
 
+  /** The pods the cache shows owned (as controller) by this job, found through the owner index. */
+  podsOf(job: FineTuneJob): V1Pod[] {
+    const uid = job.metadata.uid;
+    if (!uid) return [];
+    return this.pods.flatMap((informer) => informer.byIndex(BY_OWNER, uid));
+  }
+
   private async work(): Promise<void> {
     for (;;) {
       const key = await this.queue.get();
@@ -140,17 +174,13 @@ export class FineTuneJobController {
   private async reconcile(key: string): Promise<number | undefined> {
     const [namespace, name] = key.split("/") as [string, string];
     const cached = this.job(namespace, name);
-    this.options.metrics.countJobs(this.allJobs());
     if (!cached) return undefined;
     // Our own writes update this copy's resourceVersion, never the cache's object.
     const job: FineTuneJob = { ...cached, metadata: { ...cached.metadata } };
     // Pods this process created are not all in the cache yet: deciding now would see them as missing.
     const pendingMs = this.expectations.pendingMs(key);
     if (pendingMs > 0) return Math.min(pendingMs, 5000) / 1000;
-    const pods = this.pods
-      .flatMap((informer) => informer.list())
-      .filter((pod) => pod.metadata?.namespace === namespace && pod.metadata?.labels?.[LABEL_JOB_NAME] === name)
-      .filter((pod) => pod.metadata?.ownerReferences?.some((owner) => owner.uid === job.metadata.uid));
+    const pods = this.podsOf(job);
     let decision = decide(job, pods, new Date(), this.options.settings);
     if (await this.previousAttemptStillExists(job, pods, decision)) return 1;
     try {
@@ -214,7 +244,8 @@ export class FineTuneJobController {
             ownerReferences: [{ apiVersion: API_VERSION, kind: KIND, name: job.metadata.name!, uid: job.metadata.uid!, controller: true, blockOwnerDeletion: true }],
           },
           type: "Opaque",
-          stringData: { [TOKEN_SECRET_KEY]: progressToken(this.options.tokenKey, { namespace, name: job.metadata.name!, uid: job.metadata.uid! }) },
+          // The token of the attempt about to start: a pod of an earlier attempt cannot report for this one.
+          stringData: { [TOKEN_SECRET_KEY]: progressToken(this.options.tokenKey, { namespace, name: job.metadata.name!, uid: job.metadata.uid!, attempt: action.attempt }) },
         };
         try {
           await client.create(secretPath(), secret);
@@ -308,6 +339,12 @@ class NameConflictError extends Error {
   constructor(readonly object: { kind: string; name: string; owner?: string }) {
     super(`${object.kind} ${object.name} exists and is not owned by the job`);
   }
+}
+
+/** The uid of the object's controlling owner, as an index value list (empty when it has none). */
+function ownerUids(object: KubeObject): string[] {
+  const uid = controllerUid(object);
+  return uid ? [uid] : [];
 }
 
 function controllerUid(object: KubeObject): string | undefined {

@@ -129,14 +129,66 @@ describe("decide", () => {
   it("does not count an evicted pod against the backoff limit", () => {
     const j = job({ spec: { runPolicy: { backoffLimit: 0 } }, status: { conditions: [preflightPassed], attempts: 1 } });
     const evicted = podOf(j, 1, "Failed", { reason: "Evicted", message: "The node was low on resource: memory." });
-    const decision = decide(j, [evicted], now, settings);
+    // After the interruption's backoff (it saved no checkpoint), counted from the pod's creation for want of an end time.
+    const decision = decide(j, [evicted], seconds(11), settings);
     expect(decision.status).toMatchObject({ phase: "Running", attempts: 2, failedAttempts: 0 });
   });
 
   it("does not count a trainer stopped by SIGTERM with a checkpoint (exit 75) as a failure", () => {
-    const j = job({ spec: { runPolicy: { backoffLimit: 0 } }, status: { conditions: [preflightPassed], attempts: 1 } });
-    const decision = decide(j, [failed(j, 1, { reason: "Error", exitCode: 75 })], now, settings);
+    const before = job({ spec: { runPolicy: { backoffLimit: 0 } }, status: { conditions: [preflightPassed], attempts: 1 } });
+    // The attempt saved a checkpoint at step 30 before it stopped: it made progress, so it is retried at once.
+    const j = { ...before, status: { ...before.status, lastCheckpoint: { step: 30, uri: "s3://out/tune/checkpoints/step-30", time: now.toISOString() } } };
+    const decision = decide(j, [failed(before, 1, { reason: "Error", exitCode: 75 })], now, settings);
     expect(decision.status).toMatchObject({ phase: "Running", attempts: 2, failedAttempts: 0 });
+  });
+
+  describe("interruptions (evictions, exit 75): not failures, but backed off and bounded", () => {
+    const checkpointAt = (step: number) => ({ step, uri: `s3://out/tune/checkpoints/step-${step}`, time: now.toISOString() });
+    /** Attempt 1's pod, created when the job's newest checkpoint was at resumeStep, after `before` interruptions in a row. */
+    function interrupted(j: FineTuneJob, before: number, resumeStep: number, how: "evicted" | "stopped", endedAt = now): V1Pod {
+      const pod =
+        how === "stopped"
+          ? failed(j, 1, { reason: "Error", exitCode: 75 }, 0, endedAt)
+          : podOf(j, 1, "Failed", { reason: "Evicted", message: "The node was low on resource: memory.", conditions: [{ type: "DisruptionTarget", status: "True", lastTransitionTime: endedAt.toISOString() as never }] });
+      pod.metadata!.annotations = { ...pod.metadata!.annotations, "kubetune.io/interruptions-before": String(before), "kubetune.io/resume-step": String(resumeStep) };
+      return pod;
+    }
+    const createdPod = (decision: ReturnType<typeof decide>) => (decision.actions.find((action) => action.kind === "createPod") as { pod: V1Pod } | undefined)?.pod;
+
+    it("retries at once after an attempt that saved a checkpoint, and starts the streak again", () => {
+      const j = job({ status: { conditions: [preflightPassed], attempts: 1, lastCheckpoint: checkpointAt(20) } });
+      const decision = decide(j, [interrupted(j, 4, 10, "evicted")], now, settings);
+      expect(createdPod(decision)?.metadata?.annotations).toMatchObject({ "kubetune.io/interruptions-before": "0", "kubetune.io/resume-step": "20" });
+    });
+
+    it("backs off exponentially while interruptions in a row save nothing, counting from when the pod ended", () => {
+      const j = job({ status: { conditions: [preflightPassed], attempts: 1, lastCheckpoint: checkpointAt(10) } });
+      // The third interruption in a row without a new checkpoint: 10 s * 2^2.
+      for (const how of ["evicted", "stopped"] as const) {
+        const pod = interrupted(j, 2, 10, how);
+        const waiting = decide(j, [pod], seconds(39), settings);
+        expect(createdPod(waiting)).toBeUndefined();
+        expect(waiting.requeueAfterSeconds).toBe(1);
+        expect(waiting.status?.conditions?.find((c) => c.type === "Running")).toMatchObject({ reason: "Retrying", message: expect.stringContaining("3 time(s) in a row without a new checkpoint") });
+        const retried = decide(j, [pod], seconds(41), settings);
+        expect(createdPod(retried)?.metadata?.annotations).toMatchObject({ "kubetune.io/interruptions-before": "3" });
+        expect(retried.status).toMatchObject({ attempts: 2, failedAttempts: 0 });
+      }
+      // The backoff is capped at retryBackoffMaxSeconds (300 s), however long the streak.
+      expect(createdPod(decide(j, [interrupted(j, 8, 10, "evicted")], seconds(301), settings))).toBeDefined();
+      expect(createdPod(decide(j, [interrupted(j, 8, 10, "evicted")], seconds(299), settings))).toBeUndefined();
+    });
+
+    it("fails with InterruptedWithoutProgress once the streak passes the limit", () => {
+      const j = job({ status: { conditions: [preflightPassed], attempts: 1, lastCheckpoint: checkpointAt(10) } });
+      expect(decide(j, [interrupted(j, 10, 10, "evicted")], seconds(3600), settings).status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({
+        reason: "InterruptedWithoutProgress",
+        message: expect.stringContaining("interrupted 11 times in a row without saving a new checkpoint (more than the operator's limit of 10)"),
+      });
+      expect(decide(j, [interrupted(j, 9, 10, "evicted")], seconds(3600), settings).status?.phase).toBe("Running");
+      const strict = { ...settings, interruptionLimit: 2 };
+      expect(decide(j, [interrupted(j, 2, 10, "stopped")], seconds(3600), strict).status).toMatchObject({ phase: "Failed" });
+    });
   });
 
   it("retries when the attempt's pod vanished", () => {
@@ -220,8 +272,10 @@ describe("decide", () => {
   it("makes the token Secret again when the pod waits for it, and with every new attempt", () => {
     const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running", startTime: now.toISOString() } });
     const waiting = { state: { waiting: { reason: "CreateContainerConfigError", message: 'secret "tune-progress" not found' } } } as never;
-    expect(decide(j, [podOf(j, 1, "Pending", { containerStatuses: [waiting] })], seconds(5), settings).actions).toContainEqual({ kind: "ensureTokenSecret" });
+    expect(decide(j, [podOf(j, 1, "Pending", { containerStatuses: [waiting] })], seconds(5), settings).actions).toContainEqual({ kind: "ensureTokenSecret", attempt: 1 });
     const next = decide(j, [failed(j, 1, { exitCode: 1 }, 0, seconds(-1000))], now, settings);
+    // The Secret gets the new attempt's token: the token of attempt 1 is not valid for attempt 2.
+    expect(next.actions.slice(0, 1)).toEqual([{ kind: "ensureTokenSecret", attempt: 2 }]);
     expect(next.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret", "createPod"]);
   });
 

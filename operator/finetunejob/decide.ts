@@ -16,6 +16,8 @@ import {
 } from "../../api/index.ts";
 import {
   ANNOTATION_FAILURES_BEFORE,
+  ANNOTATION_INTERRUPTIONS_BEFORE,
+  ANNOTATION_RESUME_STEP,
   FINALIZER,
   LABEL_ATTEMPT,
   LABEL_COMPONENT,
@@ -41,15 +43,28 @@ export interface DecideSettings extends PodSettings {
   imagePullTimeoutSeconds: number;
   /** A pod the scheduler cannot place this long fails the job with Unschedulable. */
   unschedulableTimeoutSeconds: number;
-  /** Delay before retry n is base * 2^(n-1), capped at max. */
+  /** Delay before retry n is base * 2^(n-1), capped at max; interruptions in a row without progress back off the same way. */
   retryBackoffBaseSeconds: number;
   retryBackoffMaxSeconds: number;
+  /**
+   * Interruptions (evictions, preemptions, SIGTERM stops with exit 75) in a row that saved no new
+   * checkpoint before the job fails with InterruptedWithoutProgress; DEFAULT_INTERRUPTION_LIMIT when unset.
+   */
+  interruptionLimit?: number;
 }
+
+/**
+ * Interruptions do not count against backoffLimit (the trainer did nothing wrong), but a job
+ * whose pods are evicted over and over before they checkpoint would otherwise hold a retry loop
+ * for ever: after this many in a row without a new checkpoint it fails.
+ */
+export const DEFAULT_INTERRUPTION_LIMIT = 10;
 
 export type Action =
   | { kind: "addFinalizer" }
   | { kind: "removeFinalizer" }
-  | { kind: "ensureTokenSecret" }
+  /** The Secret the attempt's pod reads its progress token from, holding that attempt's token. */
+  | { kind: "ensureTokenSecret"; attempt: number }
   | { kind: "deleteTokenSecret" }
   | { kind: "createPod"; pod: V1Pod }
   | { kind: "deletePod"; name: string }
@@ -213,7 +228,7 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
     const stuck = stuckReason(latest, now, settings);
     if (stuck) return finish("Failed", stuck.reason, stuck.message);
     // The token Secret was deleted under a pod that still has to start: make it again (the kubelet retries).
-    if (isWaitingForSecret(latest, tokenSecretName(name))) actions.push({ kind: "ensureTokenSecret" });
+    if (isWaitingForSecret(latest, tokenSecretName(name))) actions.push({ kind: "ensureTokenSecret", attempt });
     status.phase = "Running";
     const running = latest.status?.phase === "Running";
     setCondition("Running", running ? "True" : "False", running ? "Training" : "PodCreated", running ? `attempt ${attempt} is training` : `attempt ${attempt} is starting`);
@@ -229,6 +244,7 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
 
   let retryReason: Reason | undefined;
   let retryMessage = "";
+  let history = { interruptionsBefore: 0, resumeStep: current.lastCheckpoint?.step ?? 0 };
   if (latest || (current.attempts ?? 0) > 0) {
     // The latest attempt failed, or its pod vanished (deleted, evicted, node lost), or we stopped it for a suspension.
     const outcome: Outcome = latest
@@ -242,12 +258,27 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
     if (failures > spec.runPolicy.backoffLimit) {
       return finish("Failed", "BackoffLimitExceeded", `${failures} attempts failed, more than runPolicy.backoffLimit (${spec.runPolicy.backoffLimit}) allows; the last: ${outcome.reason}: ${outcome.message}`);
     }
-    if (outcome.countsAsFailure && outcome.finishedAt) {
-      const delay = Math.min(settings.retryBackoffMaxSeconds, settings.retryBackoffBaseSeconds * 2 ** (failures - 1));
+    // Interruptions in a row that saved no checkpoint: counted on the pods, as failures are (a vanished pod's count is lost).
+    const interruptions = latest && outcome.reason === "Preempted" ? interruptionStreak(latest, current) : 0;
+    history = { interruptionsBefore: interruptions, resumeStep: current.lastCheckpoint?.step ?? 0 };
+    const limit = settings.interruptionLimit ?? DEFAULT_INTERRUPTION_LIMIT;
+    if (interruptions > limit) {
+      return finish(
+        "Failed",
+        "InterruptedWithoutProgress",
+        `the trainer was interrupted ${interruptions} times in a row without saving a new checkpoint (more than the operator's limit of ${limit}); ` +
+          `the last: ${outcome.message}. Check what evicts or stops the pods (node pressure, preemption by higher priority, spot reclaims), or checkpoint more often (checkpoint.everySteps)`,
+      );
+    }
+    // Failures back off by their count; interruptions by their streak, so that a productive attempt's eviction retries at once.
+    const backoffCount = outcome.countsAsFailure ? failures : interruptions;
+    if (backoffCount > 0 && outcome.finishedAt) {
+      const delay = Math.min(settings.retryBackoffMaxSeconds, settings.retryBackoffBaseSeconds * 2 ** (backoffCount - 1));
       const waitSeconds = (outcome.finishedAt.getTime() + delay * 1000 - now.getTime()) / 1000;
       if (waitSeconds > 0) {
         status.phase = "Running";
-        setCondition("Running", "False", "Retrying", `attempt ${attempt} failed (${outcome.reason}: ${outcome.message}); retrying in ${Math.ceil(waitSeconds)}s from the last checkpoint`);
+        const ended = outcome.countsAsFailure ? "failed" : `was interrupted, ${interruptions} time(s) in a row without a new checkpoint`;
+        setCondition("Running", "False", "Retrying", `attempt ${attempt} ${ended} (${outcome.reason}: ${outcome.message}); retrying in ${Math.ceil(waitSeconds)}s from the last checkpoint`);
         return { actions, status, events, requeueAfterSeconds: Math.ceil(waitSeconds) };
       }
     }
@@ -258,7 +289,7 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   // Start the next attempt; it resumes from the newest checkpoint by itself.
   const next = Math.max(attempt, current.attempts ?? 0) + 1;
   // The Secret is ensured with every attempt, not once: someone may have deleted it since the last.
-  actions.push({ kind: "ensureTokenSecret" }, { kind: "createPod", pod: trainerPod(job, spec, next, failures, settings) });
+  actions.push({ kind: "ensureTokenSecret", attempt: next }, { kind: "createPod", pod: trainerPod(job, spec, next, failures, settings, history) });
   status.attempts = next;
   status.phase = "Running";
   setCondition("Running", "False", "PodCreated", `attempt ${next} is starting`);
@@ -315,7 +346,7 @@ function isFinished(pod: V1Pod): boolean {
 /** Reads why a pod failed: the trainer's "Reason: message" termination line, OOM, eviction, or its log tail. */
 function outcomeOf(pod: V1Pod): Outcome {
   const terminated = pod.status?.containerStatuses?.[0]?.state?.terminated;
-  const finishedAt = terminated?.finishedAt ? new Date(terminated.finishedAt) : undefined;
+  const finishedAt = finishedAtOf(pod);
   const podReason = pod.status?.reason;
   if (podReason === "Evicted" || podReason === "Preempted" || podReason === "NodeLost" || podReason === "Shutdown") {
     return { reason: "Preempted", message: pod.status?.message ?? `the pod was ${podReason.toLowerCase()}`, countsAsFailure: false, permanent: false, finishedAt };
@@ -347,6 +378,32 @@ function outcomeOf(pod: V1Pod): Outcome {
         ? `exit code ${exitCode ?? "unknown"}: ${lastLine.slice(0, 512)}`
         : `the trainer exited with code ${exitCode ?? "unknown"}`;
   return { reason: "TrainerFailed", message, countsAsFailure: true, permanent: false, finishedAt };
+}
+
+/**
+ * Interruptions in a row without progress, the given interrupted attempt included: the count
+ * its pod was created with, plus one unless the job's newest checkpoint is newer than the one
+ * the attempt resumed from (it made progress, and the streak starts again at 0).
+ */
+function interruptionStreak(pod: V1Pod, status: FineTuneJobStatus): number {
+  const before = Number(pod.metadata?.annotations?.[ANNOTATION_INTERRUPTIONS_BEFORE] ?? 0);
+  const resumeStep = Number(pod.metadata?.annotations?.[ANNOTATION_RESUME_STEP] ?? 0);
+  const progressed = (status.lastCheckpoint?.step ?? 0) > resumeStep;
+  return progressed ? 0 : before + 1;
+}
+
+/**
+ * When the attempt ended, for its backoff: the container's end, else (an evicted pod whose
+ * container state the kubelet did not report) the newest change of its conditions, else its
+ * creation. Never "now": a backoff counted from each reconcile would never end.
+ */
+function finishedAtOf(pod: V1Pod): Date | undefined {
+  const terminated = pod.status?.containerStatuses?.[0]?.state?.terminated?.finishedAt;
+  if (terminated) return new Date(terminated);
+  const times = (pod.status?.conditions ?? []).map((condition) => Date.parse(String(condition.lastTransitionTime ?? ""))).filter((time) => Number.isFinite(time));
+  if (times.length) return new Date(Math.max(...times));
+  const created = Date.parse(String(pod.metadata?.creationTimestamp ?? ""));
+  return Number.isFinite(created) ? new Date(created) : undefined;
 }
 
 /** A pod that cannot start for long enough fails the job with the matching reason. */

@@ -7,6 +7,10 @@ export const LABEL_COMPONENT = "app.kubernetes.io/component";
 export const LABEL_ATTEMPT = "kubetune.io/attempt";
 /** Failed attempts counted before this pod was created: how a restarted operator recovers the count. */
 export const ANNOTATION_FAILURES_BEFORE = "kubetune.io/failures-before";
+/** Interruptions in a row (evictions, SIGTERM stops) that saved no new checkpoint, before this pod was created. */
+export const ANNOTATION_INTERRUPTIONS_BEFORE = "kubetune.io/interruptions-before";
+/** status.lastCheckpoint.step when this pod was created: a later checkpoint means the attempt made progress. */
+export const ANNOTATION_RESUME_STEP = "kubetune.io/resume-step";
 export const FINALIZER = "kubetune.io/finalizer";
 
 /** The per-job Secret holding the trainer's progress token (the operator creates it, never reads it). */
@@ -109,8 +113,23 @@ function ownerReference(job: FineTuneJob) {
   return { apiVersion: API_VERSION, kind: KIND, name: job.metadata.name!, uid: job.metadata.uid!, controller: true, blockOwnerDeletion: true };
 }
 
+/** What the attempts before this one leave for the next decision to count, written on the pod (decide is stateless). */
+export interface AttemptHistory {
+  /** Interruptions in a row without a new checkpoint before this attempt. */
+  interruptionsBefore: number;
+  /** The checkpoint step this attempt resumes from (0 for none). */
+  resumeStep: number;
+}
+
 /** The trainer pod of one attempt: deterministic, so a restarted operator never makes a second. */
-export function trainerPod(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, attempt: number, failuresBefore: number, settings: PodSettings): V1Pod {
+export function trainerPod(
+  job: FineTuneJob,
+  spec: DefaultedFineTuneJobSpec,
+  attempt: number,
+  failuresBefore: number,
+  settings: PodSettings,
+  history: AttemptHistory = { interruptionsBefore: 0, resumeStep: job.status?.lastCheckpoint?.step ?? 0 },
+): V1Pod {
   const name = trainerPodName(job.metadata.name!, attempt);
   const security = securityContexts();
   const limits: Record<string, string> = {};
@@ -135,7 +154,11 @@ export function trainerPod(job: FineTuneJob, spec: DefaultedFineTuneJobSpec, att
       name,
       namespace: job.metadata.namespace,
       labels: { "app.kubernetes.io/name": "kubetune", [LABEL_COMPONENT]: "trainer", [LABEL_JOB_NAME]: job.metadata.name!, [LABEL_ATTEMPT]: String(attempt) },
-      annotations: { [ANNOTATION_FAILURES_BEFORE]: String(failuresBefore) },
+      annotations: {
+        [ANNOTATION_FAILURES_BEFORE]: String(failuresBefore),
+        [ANNOTATION_INTERRUPTIONS_BEFORE]: String(history.interruptionsBefore),
+        [ANNOTATION_RESUME_STEP]: String(history.resumeStep),
+      },
       ownerReferences: [ownerReference(job)],
     },
     spec: {

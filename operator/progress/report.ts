@@ -8,6 +8,10 @@ export interface ProgressReport {
   learningRate?: number;
   tokensPerSecond?: number;
   etaSeconds?: number;
+  /** Objective dpo: the step's rewards and log-probabilities (TRL's rewards/* and logps/*); rewards and logps may be negative. */
+  preference?: PreferenceReport;
+  /** Classification: accuracy on the eval set at the latest evaluation, in [0, 1]. */
+  evalAccuracy?: number;
   checkpoint?: { step: number; uri: string };
   /** Sent once, at start: what the trainer computes on and why. */
   backend?: { name: string; device: string; description?: string; reason?: string };
@@ -21,7 +25,14 @@ export interface ProgressReport {
     trainableShare?: number;
     loadableBy?: string[];
   };
+  /** Something the user should know that does not stop training (the trainer's warning event); becomes a Warning Event on the job. */
+  warning?: { reason: string; message: string };
 }
+
+/** The rewards every preference objective reports; DPO adds the log-probabilities (a reward model has none). */
+const REWARD_FIELDS = ["rewardsChosen", "rewardsRejected", "rewardsAccuracies", "rewardsMargins"] as const;
+export const PREFERENCE_FIELDS = [...REWARD_FIELDS, "logpsChosen", "logpsRejected"] as const;
+export type PreferenceReport = Record<(typeof REWARD_FIELDS)[number], number> & { logpsChosen?: number; logpsRejected?: number };
 
 /** Checks a posted body field by field; returns the problems, naming each field. */
 export function checkReport(body: unknown): string[] {
@@ -38,6 +49,22 @@ export function checkReport(body: unknown): string[] {
   };
   number("step", true);
   for (const field of ["totalSteps", "epoch", "loss", "evalLoss", "learningRate", "tokensPerSecond", "etaSeconds"]) number(field);
+  if (report.evalAccuracy !== undefined && !(typeof report.evalAccuracy === "number" && report.evalAccuracy >= 0 && report.evalAccuracy <= 1)) {
+    problems.push("evalAccuracy: must be a number between 0 and 1");
+  }
+  const preference = report.preference as Record<string, unknown> | undefined;
+  if (
+    preference !== undefined &&
+    (typeof preference !== "object" ||
+      preference === null ||
+      PREFERENCE_FIELDS.some((field) => {
+        const value = preference[field];
+        const optional = field === "logpsChosen" || field === "logpsRejected";
+        return !(optional && value === undefined) && (typeof value !== "number" || !Number.isFinite(value));
+      }))
+  ) {
+    problems.push(`preference: must be {${PREFERENCE_FIELDS.join(", ")}}, each a finite number (logps optional)`);
+  }
   const checkpoint = report.checkpoint as { step?: unknown; uri?: unknown } | undefined;
   if (checkpoint !== undefined && (typeof checkpoint !== "object" || typeof checkpoint.step !== "number" || typeof checkpoint.uri !== "string")) {
     problems.push("checkpoint: must be {step: number, uri: string}");
@@ -49,6 +76,13 @@ export function checkReport(body: unknown): string[] {
   const outputs = report.outputs as { uri?: unknown; files?: unknown } | undefined;
   if (outputs !== undefined && (typeof outputs !== "object" || typeof outputs.uri !== "string" || !Array.isArray(outputs.files))) {
     problems.push("outputs: must be {uri: string, files: [...]}");
+  }
+  const warning = report.warning as { reason?: unknown; message?: unknown } | undefined;
+  if (
+    warning !== undefined &&
+    (typeof warning !== "object" || typeof warning.reason !== "string" || !/^[A-Z][A-Za-z0-9]{0,63}$/.test(warning.reason) || typeof warning.message !== "string" || warning.message.length > 4096)
+  ) {
+    problems.push("warning: must be {reason: CamelCase string of at most 64 characters, message: string of at most 4096}");
   }
   return problems;
 }

@@ -2,7 +2,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { parseAllDocuments } from "yaml";
 import { beforeAll, describe, expect, it } from "vitest";
-import { API_VERSION, CRD_FILE, GROUP, KIND, PLURAL, VERSION, validate, validateUpdate } from "../../api/index.ts";
+import { API_VERSION, CRD_FILE, GROUP, KIND, PLURAL, QUEUE_CRD_FILE, QUEUE_KIND, VERSION, validate, validateQueue, validateUpdate } from "../../api/index.ts";
 import { ApiError, resourcePath } from "../../kube/client.ts";
 import { loadInvalidFixtures } from "../fixtures/invalid/table.ts";
 import { createNamespace, eventually, kubeClient, kubectl } from "./harness.ts";
@@ -19,7 +19,7 @@ describe("the FineTuneJob CRD on a real API server", () => {
   const jobs = () => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace });
 
   beforeAll(async () => {
-    const applied = kubectl(["apply", "--server-side", "--force-conflicts", "-f", CRD_FILE]);
+    const applied = kubectl(["apply", "--server-side", "--force-conflicts", "-f", CRD_FILE, "-f", QUEUE_CRD_FILE]);
     expect(applied.stderr).toBe("");
     namespace = await createNamespace("api");
     await eventually("the FineTuneJob CRD to be established", async () => {
@@ -32,7 +32,10 @@ describe("the FineTuneJob CRD on a real API server", () => {
     const result = kubectl(["apply", "--dry-run=server", "-n", namespace, "-f", file]);
     expect(result.stderr).toBe("");
     expect(result.status).toBe(0);
-    for (const document of parseAllDocuments(readFileSync(file, "utf8")) as { toJS(): unknown }[]) expect(validate(document.toJS())).toEqual([]);
+    for (const document of parseAllDocuments(readFileSync(file, "utf8")) as { toJS(): { kind?: string } }[]) {
+      const object = document.toJS();
+      expect(object.kind === QUEUE_KIND ? validateQueue(object) : validate(object)).toEqual([]);
+    }
   });
 
   const fixtures = loadInvalidFixtures();

@@ -1,4 +1,5 @@
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import net, { type AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -6,7 +7,7 @@ import { KubeClient, resourcePath, type KubeObject } from "../../kube/client.ts"
 import { Informer } from "../../kube/informer.ts";
 import { resolveBinaries } from "../../localcluster/binaries.ts";
 import { startControlPlane } from "../../localcluster/controlplane.ts";
-import { createNamespace, eventually, kubeClient } from "./harness.ts";
+import { cluster, createNamespace, eventually, kubeClient } from "./harness.ts";
 
 function recorder() {
   const seen: string[] = [];
@@ -60,6 +61,62 @@ describe("the informer", () => {
       await informer.stop();
     } finally {
       await controlPlane.stop();
+    }
+  });
+
+  it("re-opens a watch whose connection went dead without closing, and is not ready meanwhile", async () => {
+    // A TCP relay to the API server whose open connections can be frozen: bytes stop flowing both ways while the sockets
+    // stay open, as behind a proxy or NAT that lost its state. Connections opened later relay normally.
+    const relayed = new Set<{ client: net.Socket; server: net.Socket }>();
+    const upstream = new URL(cluster().server);
+    const relay = net.createServer((client) => {
+      const server = net.connect(Number(upstream.port), upstream.hostname);
+      const pair = { client, server };
+      relayed.add(pair);
+      client.pipe(server);
+      server.pipe(client);
+      const close = () => {
+        client.destroy();
+        server.destroy();
+        relayed.delete(pair);
+      };
+      client.on("error", close).on("close", close);
+      server.on("error", close).on("close", close);
+    });
+    await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
+    const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-relay-"));
+    const kubeconfig = path.join(dir, "kubeconfig");
+    await writeFile(kubeconfig, (await readFile(cluster().kubeconfig, "utf8")).replace(cluster().server, `https://127.0.0.1:${(relay.address() as AddressInfo).port}`));
+    const direct = kubeClient();
+    const namespace = await createNamespace("informer-dead");
+    const collection = resourcePath({ group: "", version: "v1", plural: "configmaps", namespace });
+    const { seen, handlers } = recorder();
+    // A short request timeout: a re-opened watch that drew a frozen pooled connection fails fast and is tried again.
+    const viaRelay = KubeClient.load(kubeconfig, { requestTimeoutMs: 3000 });
+    const informer = new Informer(viaRelay, { path: collection, watchTimeoutSeconds: 60, watchIdleTimeoutSeconds: 3 }).on(handlers);
+    try {
+      await informer.start();
+      await direct.create(collection, configMap("before"));
+      await eventually("the event through the relay", async () => (seen.includes("add before") ? true : undefined));
+      for (const { client, server } of relayed) {
+        client.unpipe(server);
+        server.unpipe(client);
+        client.pause();
+        server.pause();
+      }
+      await direct.create(collection, configMap("during"));
+      await eventually("the informer to notice the dead watch", async () => (informer.isWatching() ? undefined : true), 20_000);
+      expect(seen).not.toContain("add during");
+      await eventually("the event made while the watch was dead", async () => (seen.includes("add during") ? true : undefined), 20_000);
+      await eventually("the informer to be ready again", async () => (informer.isWatching() ? true : undefined));
+    } finally {
+      await informer.stop();
+      viaRelay.close();
+      for (const { client, server } of relayed) {
+        client.destroy();
+        server.destroy();
+      }
+      relay.close();
     }
   });
 });

@@ -1,6 +1,15 @@
+import { spawn } from "node:child_process";
+import { mkdtemp } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
+import { CRD_FILE } from "../../api/index.ts";
+import { makePki } from "../../localcluster/pki.ts";
+import { freePort } from "../../localcluster/process.ts";
 import { LeaderElector } from "../../operator/runtime/leader-election.ts";
-import { createNamespace, eventually, kubeClient } from "./harness.ts";
+import { cluster, createNamespace, eventually, kubeClient, kubectl } from "./harness.ts";
+import { leaseHolder, leasePath, takeLease } from "./leases.ts";
+
 
 describe("leader election on a Lease", () => {
   it("lets exactly one replica lead, and hands over when the leader stops", async () => {
@@ -45,5 +54,48 @@ describe("leader election on a Lease", () => {
     expect(successor.isLeader()).toBe(false);
     await eventually("the successor to take the expired lease", async () => (successor.isLeader() ? true : undefined), 10_000);
     await successor.stop();
+  });
+
+  it("exits the operator process, non-zero and saying why, when another holder takes its lease", async () => {
+    expect(kubectl(["apply", "--server-side", "--force-conflicts", "-f", CRD_FILE]).status).toBe(0);
+    const namespace = await createNamespace("lease-exit");
+    const pki = await makePki(path.join(await mkdtemp(path.join(os.tmpdir(), "kubetune-lease-exit-")), "pki"));
+    const probePort = await freePort();
+    // The operator as deployed: its own process, the CLI's flags, leader election on.
+    const child = spawn(
+      process.execPath,
+      [
+        "bin/kubetune.mjs",
+        "operator",
+        `--kubeconfig=${cluster().kubeconfig}`,
+        `--namespaces=${namespace}`,
+        `--probe-address=127.0.0.1:${probePort}`,
+        `--progress-address=127.0.0.1:${await freePort()}`,
+        `--progress-tls-cert=${pki.servingCert}`,
+        `--progress-tls-key=${pki.servingKey}`,
+        "--leader-elect",
+        `--leader-election-namespace=${namespace}`,
+        "--leader-election-id=kubetune-operator",
+        "--no-preflight",
+      ],
+      { env: { ...process.env, HOSTNAME: "operator-pod-a" }, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let output = "";
+    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    try {
+      const lease = leasePath(namespace, "kubetune-operator");
+      await eventually("the operator to hold the lease", async () => ((await leaseHolder(lease))?.startsWith("operator-pod-a-") ? true : undefined), 60_000);
+      expect((await fetch(`http://127.0.0.1:${probePort}/healthz`)).status).toBe(200);
+      await takeLease(lease, "operator-pod-b");
+      const code = await Promise.race([exited, new Promise<"still running">((resolve) => setTimeout(() => resolve("still running"), 30_000))]);
+      expect(code, output).toBe(1);
+      expect(output).toContain(`lost leadership of the lease ${namespace}/kubetune-operator (the lease ${namespace}/kubetune-operator is held by operator-pod-b now)`);
+      // It left the lease to its new holder.
+      expect(await leaseHolder(lease)).toBe("operator-pod-b");
+    } finally {
+      child.kill("SIGKILL");
+    }
   });
 });

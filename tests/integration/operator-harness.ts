@@ -37,6 +37,8 @@ export async function startOperatorHarness(
   namespaces: string[],
   settings: Partial<DecideSettings> = {},
   overrides: Partial<Parameters<typeof startOperator>[0]> = {},
+  /** The pod runner's node: GPUs (nvidia.com/gpu) it advertises, 0 by default, and extra labels. */
+  node: { gpus?: number; labels?: Record<string, string> } = {},
 ): Promise<OperatorHarness> {
   expect(kubectl(["apply", "--server-side", "--force-conflicts", "-f", CRD_FILE]).status).toBe(0);
   const client = kubeClient();
@@ -60,7 +62,8 @@ export async function startOperatorHarness(
     workDir: path.join(dir, "pods"),
     nodeName: `node-${namespaces[0]}`,
     namespaces,
-    capacity: { cpu: "8", memory: "16Gi", gpus: 0 },
+    capacity: { cpu: "8", memory: "16Gi", gpus: node.gpus ?? 0 },
+    ...(node.labels ? { nodeLabels: node.labels } : {}),
     kubeletTls: kubeletTls(path.join(cluster().dir, "pki")),
     images: {
       [SCRIPTED_IMAGE]: { entrypoint: [process.execPath, "--import", path.join(repo, "node_modules/tsx/dist/esm/index.mjs"), path.join(repo, "tests/fixtures/scripted-trainer.ts")] },

@@ -1,4 +1,5 @@
 import type { V1Pod } from "@kubernetes/client-node";
+import https from "node:https";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { applyDefaults } from "../../api/index.ts";
 import { preflightPod } from "../../operator/finetunejob/pods.ts";
@@ -28,7 +29,7 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
   beforeAll(async () => {
     namespace = await createNamespace("op");
     restricted = await createNamespace("op-restricted", { "pod-security.kubernetes.io/enforce": "restricted" });
-    harness = await startOperatorHarness([namespace, restricted]);
+    harness = await startOperatorHarness([namespace, restricted], {}, { secureMetrics: "kubernetes" });
   });
 
   afterAll(async () => {
@@ -108,15 +109,28 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     await expect(client.get(resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name: "long-delete-progress" }))).rejects.toMatchObject({ status: 404 });
   });
 
-  it("refuses a progress report made with another job's token", async () => {
+  it("refuses a progress report made with another job's token, or another attempt's", async () => {
     await client.create(jobsPath(namespace), jobManifest("long-token"));
     const job = await eventually("uid", async () => (await getJob("long-token")).metadata.uid);
-    const reporter = (token: string) => new ProgressReporter({ url: harness.options.settings.progressUrl, namespace, name: "long-token", token, ca: harness.ca });
-    const other = progressToken(harness.tokenKey, { namespace, name: "ok-basic", uid: (await getJob("ok-basic")).metadata.uid! });
+    const reporter = (token: string, attempt = 1) => new ProgressReporter({ url: harness.options.settings.progressUrl, namespace, name: "long-token", token, attempt, ca: harness.ca });
+    const other = progressToken(harness.tokenKey, { namespace, name: "ok-basic", uid: (await getJob("ok-basic")).metadata.uid!, attempt: 1 });
     expect(await reporter(other).post({ step: 1 })).toBe(403);
     expect(await reporter("not-a-token").post({ step: 1 })).toBe(403);
-    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job })).post({ step: 1, totalSteps: 10 })).toBe(204);
+    // The token of attempt 2 is not valid for attempt 1, nor the other way round.
+    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job, attempt: 2 })).post({ step: 1 })).toBe(403);
+    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job, attempt: 1 }), 2).post({ step: 1 })).toBe(403);
+    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job, attempt: 1 })).post({ step: 1, totalSteps: 10 })).toBe(202);
+    // A valid token of an attempt that is not the job's current one (attempt 1 is): refused as stale.
+    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job, attempt: 2 }), 2).post({ step: 1 })).toBe(409);
     await client.delete(jobsPath(namespace, "long-token"));
+  });
+
+  it("refuses reports for a finished job: its outputs are not rewritten", async () => {
+    const done = await waitForPhase("ok-basic", ["Succeeded"]);
+    const token = progressToken(harness.tokenKey, { namespace, name: "ok-basic", uid: done.metadata.uid!, attempt: 1 });
+    const reporter = new ProgressReporter({ url: harness.options.settings.progressUrl, namespace, name: "ok-basic", token, attempt: 1, ca: harness.ca });
+    expect(await reporter.post({ step: 6, outputs: { uri: "s3://elsewhere/forged", files: [] } })).toBe(409);
+    expect((await getJob("ok-basic")).status?.outputs).toEqual(done.status?.outputs);
   });
 
   it("shows per-job gauges on /metrics while a job runs and drops them when it is deleted", async () => {
@@ -128,6 +142,53 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     await client.delete(jobsPath(namespace, "long-metrics"));
     await eventually("the gauge to go", async () => ((await metrics()).includes(series) ? undefined : true));
     expect(await fetch(`http://127.0.0.1:${harness.operator.probePort}/readyz`).then((response) => response.status)).toBe(200);
+  });
+
+  it("serves /metrics behind the progress port's TLS to service accounts that RBAC allows, as kube-rbac-proxy does", async () => {
+    const scrape = (token?: string) =>
+      new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const request = https.request(
+          { host: "127.0.0.1", port: harness.operator.progressPort, path: "/metrics", ca: harness.ca, agent: false, headers: token ? { authorization: `Bearer ${token}` } : {} },
+          (response) => {
+            let text = "";
+            response.on("data", (chunk: Buffer) => (text += chunk.toString()));
+            response.on("end", () => resolve({ status: response.statusCode ?? 0, text }));
+          },
+        );
+        request.once("error", reject);
+        request.end();
+      });
+    // A fresh token each time: the operator caches each token's decision for a minute.
+    const tokenOf = async (name: string) => {
+      const request = await client.create<{ status: { token: string } }>(`${resourcePath({ group: "", version: "v1", plural: "serviceaccounts", namespace, name })}/token`, {
+        apiVersion: "authentication.k8s.io/v1",
+        kind: "TokenRequest",
+        spec: { expirationSeconds: 600 },
+      });
+      return request.status.token;
+    };
+    for (const name of ["tenant", "prometheus"]) {
+      await client.create(resourcePath({ group: "", version: "v1", plural: "serviceaccounts", namespace }), { apiVersion: "v1", kind: "ServiceAccount", metadata: { name } });
+    }
+    expect((await scrape()).status).toBe(401);
+    expect((await scrape("not-a-token")).status).toBe(401);
+    const tenant = await scrape(await tokenOf("tenant"));
+    expect(tenant).toMatchObject({ status: 403, text: expect.stringContaining(`system:serviceaccount:${namespace}:tenant may not get /metrics`) });
+    const rbac = "rbac.authorization.k8s.io";
+    const role = `kubetune-metrics-reader-${namespace}`;
+    await client.create(resourcePath({ group: rbac, version: "v1", plural: "clusterroles" }), { apiVersion: `${rbac}/v1`, kind: "ClusterRole", metadata: { name: role }, rules: [{ nonResourceURLs: ["/metrics"], verbs: ["get"] }] });
+    await client.create(resourcePath({ group: rbac, version: "v1", plural: "clusterrolebindings" }), {
+      apiVersion: `${rbac}/v1`,
+      kind: "ClusterRoleBinding",
+      metadata: { name: role },
+      roleRef: { apiGroup: rbac, kind: "ClusterRole", name: role },
+      subjects: [{ kind: "ServiceAccount", name: "prometheus", namespace }],
+    });
+    const allowed = await eventually("RBAC to allow the scraper", async () => {
+      const answer = await scrape(await tokenOf("prometheus"));
+      return answer.status === 200 ? answer : undefined;
+    });
+    expect(allowed.text).toContain("kubetune_jobs{");
   });
 
   it("adopts a running pod after an operator restart and makes no duplicate", async () => {

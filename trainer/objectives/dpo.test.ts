@@ -189,7 +189,7 @@ describe("the DPO loss", () => {
   it("refuses full fine-tuning, whose base weights are the policy's, and bad options", () => {
     expect(() => dpoObjective({ beta: 0.1, labelSmoothing: 0 }, { type: "full", trainsBaseWeights: true })).toThrow(/method "full" trains the base weights/);
     expect(() => dpoObjective({ beta: 0, labelSmoothing: 0 }, { type: "lora" })).toThrow(/spec.objective.dpo.beta/);
-    expect(() => dpoObjective({ beta: 0.1, labelSmoothing: 0.5 }, { type: "lora" })).toThrow(/spec.objective.dpo.labelSmoothing/);
+    expect(() => dpoObjective({ beta: 0.1, labelSmoothing: 0.6 }, { type: "lora" })).toThrow(/spec.objective.dpo.labelSmoothing/);
   });
 });
 

@@ -34,8 +34,8 @@ export interface DpoOptions {
 /** The objective for an adapter; throws when the adapter cannot give a reference model. */
 export function dpoObjective(options: DpoOptions, adapter: Pick<Adapter, "type" | "trainsBaseWeights">): Objective {
   if (!(options.beta > 0) || !Number.isFinite(options.beta)) throw new Error(`spec.objective.dpo.beta: must be a positive number, got ${options.beta}`);
-  if (!(options.labelSmoothing >= 0 && options.labelSmoothing < 0.5)) {
-    throw new Error(`spec.objective.dpo.labelSmoothing: must be at least 0 and below 0.5, got ${options.labelSmoothing}`);
+  if (!(options.labelSmoothing >= 0 && options.labelSmoothing <= 0.5)) {
+    throw new Error(`spec.objective.dpo.labelSmoothing: must be between 0 and 0.5, got ${options.labelSmoothing}`);
   }
   if (adapter.trainsBaseWeights) {
     throw new Error(

@@ -1,0 +1,29 @@
+import { describe, expect, it } from "vitest";
+import type { FineTuneJob } from "../api/index.ts";
+import { OperatorMetrics } from "./metrics.ts";
+
+const job = (namespace: string, name: string, phase?: string): FineTuneJob => ({ metadata: { namespace, name }, status: phase ? { phase } : undefined }) as FineTuneJob;
+
+async function counts(metrics: OperatorMetrics): Promise<Record<string, number>> {
+  const values = (await metrics.jobs.get()).values.filter((value) => value.value !== 0);
+  return Object.fromEntries(values.map((value) => [`${value.labels.namespace}/${value.labels.phase}`, value.value]));
+}
+
+describe("kubetune_jobs", () => {
+  it("follows adds, phase changes and deletes one job at a time, and drops a namespace with its last job", async () => {
+    const metrics = new OperatorMetrics();
+    metrics.jobAdded(job("a", "x"));
+    metrics.jobAdded(job("a", "y", "Running"));
+    metrics.jobAdded(job("b", "z", "Running"));
+    // A relist delivers a job it already has as an add again: counted once.
+    metrics.jobAdded(job("a", "y", "Running"));
+    expect(await counts(metrics)).toEqual({ "a/Pending": 1, "a/Running": 1, "b/Running": 1 });
+    metrics.jobUpdated(job("a", "x"), job("a", "x", "Running"));
+    metrics.jobUpdated(job("a", "y", "Running"), job("a", "y", "Succeeded"));
+    expect(await counts(metrics)).toEqual({ "a/Running": 1, "a/Succeeded": 1, "b/Running": 1 });
+    // A delete subtracts the phase that was counted, whatever the deleted object says.
+    metrics.jobDeleted(job("b", "z", "Failed"));
+    expect((await metrics.jobs.get()).values.some((value) => value.labels.namespace === "b")).toBe(false);
+    expect((await metrics.jobs.get()).values.filter((value) => value.labels.namespace === "a")).toHaveLength(6);
+  });
+});
