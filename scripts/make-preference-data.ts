@@ -11,6 +11,9 @@
  * the facts (its corpus states them) but never the layout, so DPO has something to learn: rank
  * the true answer above a fluent wrong one.
  *
+ * examples/quickstart/data/prompts.jsonl (examples/local/rlaif.yaml): every fourth quickstart
+ * question alone ({"prompt": ...}), for RLAIF to sample answers to and have a judge rank.
+ *
  *   node --import tsx scripts/make-preference-data.ts
  */
 import { writeFile } from "node:fs/promises";
@@ -68,3 +71,8 @@ for (const [file, lines] of [
   await writeFile(path.join(DATA, file), lines.map((pair) => JSON.stringify(pair)).join("\n") + "\n");
   console.log(`wrote ${lines.length} preference pairs to ${path.relative(process.cwd(), path.join(DATA, file))}`);
 }
+
+// RLAIF's prompts: a spread of the questions (every kind), few enough for a round to take seconds.
+const prompts = records.filter((_, i) => i % 4 === 0).map(({ prompt }) => ({ prompt }));
+await writeFile(path.join(DATA, "prompts.jsonl"), prompts.map((record) => JSON.stringify(record)).join("\n") + "\n");
+console.log(`wrote ${prompts.length} prompts to ${path.relative(process.cwd(), path.join(DATA, "prompts.jsonl"))}`);

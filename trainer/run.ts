@@ -13,6 +13,8 @@ import { getMethod, methodTypes } from "./methods/registry.ts";
 import { dpoObjective } from "./objectives/dpo.ts";
 import { classCount, classificationObjective } from "./objectives/classification.ts";
 import { rewardObjective } from "./objectives/reward.ts";
+import { checkRlaifOptions, RLAIF_FOLDER, runRlaif } from "./objectives/rlaif.ts";
+import { loadRewardModelJudge, TemplateJudge, type Judge } from "./objectives/rlaif-judge.ts";
 import { ScoreHeadAdapter } from "./objectives/score-head.ts";
 import type { Objective } from "./objectives/objective.ts";
 import { ModelConfigError } from "./model/config.ts";
@@ -25,7 +27,7 @@ import { Rng } from "./random.ts";
 import { SafetensorsError } from "./safetensors/safetensors.ts";
 import { loadTokenizer, TokenizerError, type Tokenizer } from "./tokenizer/tokenizer.ts";
 import { CheckpointMismatchError, train } from "./train/loop.ts";
-import { checkpointOwner, planJob, PlanError, resumeFingerprint, type JobPlan } from "./train/plan.ts";
+import { checkpointOwner, planJob, PlanError, resumeFingerprint, type JobPlan, type RlaifPlan } from "./train/plan.ts";
 import type { ProgressListener } from "./train/progress.ts";
 import { continuation, promptOf, sampleBeforeAfter } from "./train/sample.ts";
 
@@ -153,19 +155,55 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
           : plan.objective.type === "classification"
             ? classificationObjective(injected)
             : undefined;
+    const rlaif = plan.objective.type === "rlaif" ? plan.objective : undefined;
+    if (rlaif) {
+      // The settings' problems (full fine-tuning has no adapter-disabled reference) before any prompt is read.
+      asJobError(() =>
+        invalidSpec(() => {
+          dpoObjective({ beta: rlaif.beta, labelSmoothing: rlaif.labelSmoothing }, injected);
+          checkRlaifOptions({ ...rlaif.rlaif, beta: rlaif.beta, labelSmoothing: rlaif.labelSmoothing }, injected);
+        }),
+      );
+    }
+    const prompts = rlaif ? await rethrow(readPrompts(files, plan.dataset.options.fields?.text ?? "prompt"), stores) : undefined;
     const fingerprint = resumeFingerprint(plan.fingerprint, await rethrow(inputSignatures(modelStore, files), stores));
     // A reward model's sample would be the base model's text twice: its head scores, it does not write.
-    const sample = options.sample === false || plan.objective.type === "reward" || plan.objective.type === "classification" ? undefined : await rethrow(samplePrompt(options.samplePrompt, data, tokenizer), stores);
+    const sample =
+      options.sample === false || plan.objective.type === "reward" || plan.objective.type === "classification"
+        ? undefined
+        : await rethrow(samplePrompt(options.samplePrompt ?? prompts?.[0], data, tokenizer), stores);
     // Full fine-tuning trains the base weights themselves: the sample's "before" is decoded before they change.
     const baseSample = sample && adapter.trainsBaseWeights ? continuation(adapter, tokenizer, sample, { maxLength: plan.dataset.options.maxSeqLength }) : undefined;
+    const checkpoints = { store: openDurable(plan.checkpoint.storeUri), folder: plan.checkpoint.folder, owner: checkpointOwner(fingerprint, plan.output.uri) };
     const outcome = await rethrow(
-      train({
+      rlaif
+        ? withJudge(rlaif.rlaif.judge, { adapter: injected, tokenizer, modelStore, open }, (judge) =>
+            runRlaif({
+              adapter: injected,
+              tokenizer,
+              rng,
+              seed: plan.seed,
+              prompts: prompts!,
+              judge,
+              options: { ...rlaif.rlaif, beta: rlaif.beta, labelSmoothing: rlaif.labelSmoothing },
+              dataset: plan.dataset.options,
+              training: plan.training,
+              output: openDurable(plan.output.uri),
+              checkpoints,
+              fingerprint,
+              backend: `${backend.name} (${backend.description})`,
+              ...(model.config.family === "gpt2" ? { maxLength: model.config.maxPositions } : {}),
+              ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+              ...(options.signal ? { signal: options.signal } : {}),
+            }),
+          )
+        : train({
         adapter,
         rng,
         data,
         config: plan.training,
-        checkpoints: { store: openDurable(plan.checkpoint.storeUri), folder: plan.checkpoint.folder, owner: checkpointOwner(fingerprint, plan.output.uri) },
-        fingerprint,
+            checkpoints,
+            fingerprint,
         backend: `${backend.name} (${backend.description})`,
         ...(objective ? { objective } : {}),
         ...(options.onProgress ? { onProgress: options.onProgress } : {}),
@@ -194,6 +232,8 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
       ...(adapter.trainsBaseWeights ? await mergedModelFiles(adapter, modelStore, { folder: "" }) : adapterFiles(adapter, spec.baseModel.uri)),
       ...reportFiles(metrics, `${plan.method.type} on ${spec.baseModel.uri}`),
       ...(plan.output.mergeIntoBase ? await mergedModelFiles(adapter, modelStore) : {}),
+      // RLAIF's audit files, already written round by round, listed in the manifest with the rest.
+      ...(rlaif ? await rethrow(rlaifFiles(outputStore)) : {}),
     };
     const manifest = await writeOutputs(outputStore, outputFiles, { step: outcome.state.step, fingerprint });
     options.onProgress?.({
@@ -218,6 +258,55 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
     adapter?.remove();
     model.dispose();
   }
+}
+
+/** RLAIF's prompts: field `field` of every record of the training files, in order. */
+async function readPrompts(files: DatasetFiles, field: string): Promise<string[]> {
+  const prompts: string[] = [];
+  for (const key of files.train) {
+    const lines = (await files.store.get(key)).toString("utf8").split("\n");
+    lines.forEach((line, i) => {
+      if (line.trim() === "") return;
+      let record: unknown;
+      try {
+        record = JSON.parse(line);
+      } catch (error) {
+        throw new DatasetError(`${files.store.uri.replace(/\/+$/, "")}/${key} line ${i + 1}: not JSON (${(error as Error).message})`);
+      }
+      const prompt = (record as Record<string, unknown> | null)?.[field];
+      if (typeof prompt !== "string" || prompt === "") {
+        throw new DatasetError(`${files.store.uri.replace(/\/+$/, "")}/${key} line ${i + 1}: objective rlaif needs a non-empty string field "${field}" (the prompt; see dataset.fields.text)`);
+      }
+      prompts.push(prompt);
+    });
+  }
+  return prompts;
+}
+
+/** The RLAIF judge the spec names, for the length of `body`; a reward model's copy of the base model is freed after. */
+async function withJudge<T>(
+  spec: RlaifPlan["judge"],
+  context: { adapter: Adapter; tokenizer: Tokenizer; modelStore: ObjectStore; open: (uri: string) => ObjectStore },
+  body: (judge: Judge) => Promise<T>,
+): Promise<T> {
+  const judge =
+    "rewardModelUri" in spec
+      ? await loadRewardModelJudge({ adapter: context.open(spec.rewardModelUri), base: context.modelStore }, context.tokenizer).catch((error: unknown) => {
+          throw error instanceof StorageError ? error : new PlanError((error as Error).message);
+        })
+      : invalidSpec(() => new TemplateJudge(context.adapter, context.tokenizer, spec.template, spec.verdictTokens));
+  try {
+    return await body(judge);
+  } finally {
+    judge.dispose();
+  }
+}
+
+/** The rlaif/ files of the output store, to publish them in the manifest. */
+async function rlaifFiles(store: ObjectStore): Promise<Record<string, Buffer>> {
+  const files: Record<string, Buffer> = {};
+  for await (const object of store.list(`${RLAIF_FOLDER}/`)) files[object.key] = await store.get(object.key);
+  return files;
 }
 
 /** The dataset's files: train and eval each name one file or a prefix of *.jsonl files. */

@@ -34,14 +34,15 @@ export function applyDefaults(spec: FineTuneJobSpec): DefaultedFineTuneJobSpec {
     Object.assign(method, { [method.type]: applySchemaDefaults(block, {}) });
   }
 
-  if (objective.type === "dpo" && !objective.dpo) {
+  if ((objective.type === "dpo" || objective.type === "rlaif") && !objective.dpo) {
     objective.dpo = applySchemaDefaults(propertiesOf(propertiesOf(fineTuneJobSpecSchema).objective!).dpo!, {}) as typeof objective.dpo;
   }
   if (hyperparameters.epochs === undefined && hyperparameters.maxSteps === undefined) hyperparameters.epochs = 1;
   if (hyperparameters.warmupSteps === undefined && hyperparameters.warmupRatio === undefined) hyperparameters.warmupSteps = 0;
 
   const fields = { ...dataset.fields };
-  for (const field of FORMAT_FIELDS[dataset.format]) fields[field] ??= field;
+  // RLAIF reads its prompts file as text records whose prompt is in field "prompt".
+  for (const field of FORMAT_FIELDS[dataset.format]) fields[field] ??= objective.type === "rlaif" && field === "text" ? "prompt" : field;
   dataset.fields = fields;
 
   checkpoint.uri ??= `${output.uri.replace(/\/+$/, "")}/checkpoints`;

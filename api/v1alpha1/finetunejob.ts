@@ -19,7 +19,7 @@ export const CATEGORIES = ["kubetune"] as const;
 export const CRD_NAME = `${PLURAL}.${GROUP}`;
 
 export const METHOD_TYPES = ["lora", "dora", "ia3", "prefix", "prompt", "skTuning", "adapter", "full"] as const;
-export const OBJECTIVE_TYPES = ["sft", "dpo", "reward", "classification"] as const;
+export const OBJECTIVE_TYPES = ["sft", "dpo", "reward", "classification", "rlaif"] as const;
 export const DATASET_FORMATS = ["text", "instruction", "chat", "preference", "classification"] as const;
 export const PHASES = ["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"] as const;
 /** Methods whose adapter can be merged into the base weights. */
@@ -309,12 +309,12 @@ const specSchema = s
       .required(),
     method: methodSchema.required(),
     objective: s
-      .object("What training minimises: next-token loss (sft), the DPO preference loss (dpo), a reward model's pairwise loss (reward), or a classifier's cross-entropy (classification).", {
+      .object("What training minimises: next-token loss (sft), the DPO preference loss (dpo), a reward model's pairwise loss (reward), a classifier's cross-entropy (classification), or DPO on pairs that a judge picks from the model's own samples, round after round (rlaif).", {
         type: s.enumeration(
-          "sft: supervised fine-tuning on the target text; dpo: direct preference optimisation on chosen/rejected pairs; reward: a reward model, the adapter and a one-output score head on the last token (PEFT task_type SEQ_CLS, score in modules_to_save) trained with the Bradley-Terry loss -log σ(r_chosen - r_rejected) on chosen/rejected pairs; classification: the adapter and a score head with one output per class on the last token, trained with cross-entropy on the classification format (eval reports accuracy).",
+          "sft: supervised fine-tuning on the target text; dpo: direct preference optimisation on chosen/rejected pairs; reward: a reward model, the adapter and a one-output score head on the last token (PEFT task_type SEQ_CLS, score in modules_to_save) trained with the Bradley-Terry loss -log σ(r_chosen - r_rejected) on chosen/rejected pairs; classification: the adapter and a score head with one output per class on the last token, trained with cross-entropy on the classification format (eval reports accuracy); rlaif: RLAIF with DPO, see objective.rlaif (adapter methods only: the DPO reference is the model with the adapter disabled).",
           OBJECTIVE_TYPES,
         ).default("sft"),
-        dpo: s.object("DPO parameters; the reference model is the base model, i.e. the model with the adapter disabled.", {
+        dpo: s.object("DPO parameters (for objective dpo, and for the DPO steps of objective rlaif); the reference model is the base model, i.e. the model with the adapter disabled.", {
           beta: s.number("β in the loss -log σ(β Δ); higher keeps the tuned model closer to the reference.", {
             minimum: 0,
             exclusiveMinimum: true,
@@ -322,16 +322,78 @@ const specSchema = s
           }).default(0.1),
           labelSmoothing: s.number(
             "ε, the assumed share of pairs whose preference is wrong (conservative DPO, TRL's label_smoothing): the loss becomes -(1-ε) log σ(β Δ) - ε log σ(-β Δ); 0 is plain DPO.",
-            { minimum: 0, maximum: 0.5, exclusiveMaximum: true },
+            // Inclusive, as TRL documents it ("between 0.0 and 0.5"). An exclusive bound cannot
+            // be used: the API server compares the whole-number default 0 with a fractional
+            // exclusiveMaximum as integers (0 < 0) and refuses the CRD.
+            { minimum: 0, maximum: 0.5 },
           ).default(0),
         }),
+        rlaif: s
+          .object(
+            "RLAIF: each round samples responses to every prompt of dataset.train (format text; each record's prompt field, see dataset.fields.text) from the current policy, scores them with the judge, and trains DPO (objective.dpo's beta and labelSmoothing) on best-versus-worst pairs. The pairs and scores are written to <output.uri>/rlaif/round-<k>.jsonl.",
+            {
+              rounds: s.integer("Rounds of sampling, judging and training.", { minimum: 1, maximum: 100 }).default(2),
+              samplesPerPrompt: s.integer("Responses sampled per prompt and round; the best and the worst make a pair.", { minimum: 2, maximum: 64 }).default(4),
+              temperature: s.number("Sampling temperature (the logits are divided by it); above 0, since pairs need different samples.", {
+                minimum: 0,
+                exclusiveMinimum: true,
+                maximum: 10,
+              }).default(1),
+              topP: s.number("Nucleus sampling: only the most likely tokens whose probabilities sum to topP are drawn from; 1 keeps all.", {
+                minimum: 0,
+                exclusiveMinimum: true,
+                maximum: 1,
+              }).default(1),
+              maxNewTokens: s.integer("Tokens generated at most per response (generation stops earlier at EOS).", { minimum: 1, maximum: 4096 }).default(32),
+              stepsPerRound: s.integer("DPO optimizer steps per round, over that round's pairs (batchSize pairs a micro-batch).", { minimum: 1, maximum: 100000 }).default(10),
+              judge: s
+                .object("What scores the responses: a reward model folder (rewardModel), or the base model reading a judging template (template and verdictTokens).", {
+                  rewardModel: s.object("A reward model trained by a job with objective.type reward: the score of prompt + response at its last token.", {
+                    uri: uri("The reward job's output.uri: a PEFT LoRA or DoRA adapter with task_type SEQ_CLS and its score head.").required(),
+                  }),
+                  template: s.string(
+                    "A judging prompt for the base model (adapters disabled), with {prompt} and {response} placeholders; the score is log p(yes) - log p(no) of the verdict tokens as the next token.",
+                    { minLength: 1, maxLength: 8192 },
+                  ),
+                  verdictTokens: s.array("The yes and the no verdict, in that order; each must be one token for the model's tokenizer (mind a leading space, e.g. ' Yes').", s.string("A verdict.", { minLength: 1, maxLength: 64 }), {
+                    minItems: 2,
+                    maxItems: 2,
+                  }),
+                })
+                .rule({
+                  cel: "has(self.rewardModel) != has(self.template)",
+                  check: (self) => (self.rewardModel === undefined) !== (self.template === undefined),
+                  message: "must set exactly one of rewardModel and template",
+                })
+                .rule({
+                  cel: "has(self.template) == has(self.verdictTokens)",
+                  check: (self) => (self.template === undefined) === (self.verdictTokens === undefined),
+                  message: "is required with template, and only used with it",
+                  fieldPath: ".verdictTokens",
+                })
+                .rule({
+                  cel: "!has(self.template) || self.template.contains('{response}')",
+                  check: (self) => self.template === undefined || self.template.includes("{response}"),
+                  message: "must contain the {response} placeholder",
+                  fieldPath: ".template",
+                })
+                .required(),
+            },
+          ),
       })
       .rule({
-        cel: "!has(self.dpo) || self.type == 'dpo'",
-        check: (self) => self.dpo === undefined || self.type === "dpo",
-        message: "is only used when objective.type is dpo",
+        cel: "!has(self.dpo) || self.type in ['dpo', 'rlaif']",
+        check: (self) => self.dpo === undefined || self.type === "dpo" || self.type === "rlaif",
+        message: "is only used when objective.type is dpo or rlaif",
         fieldPath: ".dpo",
         reason: "FieldValueForbidden",
+      })
+      .rule({
+        // has(self.type) first: the block's default ({}) is checked against its rules too, before type has its default.
+        cel: "has(self.rlaif) ? (has(self.type) && self.type == 'rlaif') : !(has(self.type) && self.type == 'rlaif')",
+        check: (self) => (self.rlaif !== undefined) === (self.type === "rlaif"),
+        message: "is required when objective.type is rlaif, and only used then",
+        fieldPath: ".rlaif",
       })
       .default({}),
     hyperparameters: s
@@ -490,6 +552,18 @@ const specSchema = s
     check: (self) => self.dataset.format !== "preference" || ["dpo", "reward"].includes(self.objective.type),
     message: "must be dpo or reward for the preference dataset format",
     fieldPath: ".objective.type",
+  })
+  .rule({
+    cel: "self.objective.type != 'rlaif' || self.dataset.format == 'text'",
+    check: (self) => self.objective.type !== "rlaif" || self.dataset.format === "text",
+    message: "must be text when objective.type is rlaif: the prompts file's records hold a prompt each (field prompt, or dataset.fields.text)",
+    fieldPath: ".dataset.format",
+  })
+  .rule({
+    cel: "self.objective.type != 'rlaif' || (!has(self.hyperparameters.maxSteps) && !has(self.hyperparameters.epochs))",
+    check: (self) => self.objective.type !== "rlaif" || (self.hyperparameters.maxSteps === undefined && self.hyperparameters.epochs === undefined),
+    message: "must not set maxSteps or epochs with objective.type rlaif: it trains rlaif.rounds × rlaif.stepsPerRound steps",
+    fieldPath: ".hyperparameters",
   })
   .rule({
     cel: "(self.objective.type == 'classification') == (self.dataset.format == 'classification')",

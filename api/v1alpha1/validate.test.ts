@@ -63,7 +63,7 @@ describe("the examples", () => {
       .filter((object) => object.kind !== QUEUE_KIND)
       .map((object) => object.spec);
     expect(new Set(specs.map((spec) => spec.method.type))).toEqual(new Set(["lora", "dora", "ia3", "prefix", "prompt", "skTuning", "adapter", "full"]));
-    expect(new Set(specs.map((spec) => spec.objective?.type ?? "sft"))).toEqual(new Set(["sft", "dpo", "reward", "classification"]));
+    expect(new Set(specs.map((spec) => spec.objective?.type ?? "sft"))).toEqual(new Set(["sft", "dpo", "reward", "classification", "rlaif"]));
     expect(files.map((file) => path.relative(repoRoot, file))).toEqual(expect.arrayContaining(["examples/quickstart.yaml", "examples/dev-cluster/quickstart.yaml"]));
   });
 
@@ -173,5 +173,32 @@ describe("describeProblems", () => {
     expect(describeProblems(validate(minimalJob({ method: { type: "lora", lora: { r: 0 } }, queueName: "Q" })))).toBe(
       'invalid spec: spec.method.lora.r: must be >= 1; spec.queueName: must be a lowercase DNS subdomain name, not "Q"',
     );
+  });
+});
+
+describe("objective rlaif", () => {
+  const rlaif = (rlaifBlock: Record<string, unknown> | undefined, spec: Record<string, unknown> = {}) =>
+    minimalJob({ dataset: { train: "s3://datasets/prompts.jsonl", format: "text" }, objective: { type: "rlaif", ...(rlaifBlock ? { rlaif: rlaifBlock } : {}) }, ...spec });
+  const paths = (object: Record<string, unknown>) => validate(object).map((problem) => problem.path).sort();
+
+  it("accepts either judge, with bounds on the round settings", () => {
+    expect(validate(rlaif({ judge: { rewardModel: { uri: "s3://adapters/reward" } } }))).toEqual([]);
+    expect(validate(rlaif({ rounds: 3, samplesPerPrompt: 8, temperature: 0.7, topP: 0.9, maxNewTokens: 64, stepsPerRound: 20, judge: { template: "{prompt}{response} Good?", verdictTokens: [" Yes", " No"] } }))).toEqual([]);
+    expect(paths(rlaif({ samplesPerPrompt: 1, temperature: 0, topP: 1.5, judge: { rewardModel: { uri: "s3://adapters/reward" } } }))).toEqual([
+      "spec.objective.rlaif.samplesPerPrompt",
+      "spec.objective.rlaif.temperature",
+      "spec.objective.rlaif.topP",
+    ]);
+  });
+
+  it("names the field of each misuse", () => {
+    expect(paths(rlaif(undefined))).toEqual(["spec.objective.rlaif"]);
+    expect(paths(minimalJob({ objective: { type: "dpo", rlaif: { judge: { rewardModel: { uri: "s3://adapters/reward" } } } }, dataset: { train: "s3://datasets/p.jsonl", format: "preference" } }))).toEqual(["spec.objective.rlaif"]);
+    expect(paths(rlaif({ judge: { rewardModel: { uri: "s3://adapters/reward" }, template: "{response}", verdictTokens: ["a", "b"] } }))).toEqual(["spec.objective.rlaif.judge"]);
+    expect(paths(rlaif({ judge: {} }))).toEqual(["spec.objective.rlaif.judge"]);
+    expect(paths(rlaif({ judge: { template: "{response}" } }))).toEqual(["spec.objective.rlaif.judge.verdictTokens"]);
+    expect(paths(rlaif({ judge: { template: "{prompt} only", verdictTokens: ["a", "b"] } }))).toEqual(["spec.objective.rlaif.judge.template"]);
+    expect(paths(rlaif({ judge: { rewardModel: { uri: "s3://adapters/reward" } } }, { dataset: { train: "s3://datasets/p.jsonl", format: "preference" } }))).toEqual(["spec.dataset.format", "spec.objective.type"]);
+    expect(paths(rlaif({ judge: { rewardModel: { uri: "s3://adapters/reward" } } }, { hyperparameters: { maxSteps: 10 } }))).toEqual(["spec.hyperparameters"]);
   });
 });

@@ -16,7 +16,13 @@ export interface JobPlan {
   model: { uri: string; architecture?: string };
   method: { type: string; options: unknown; optionsPath: string };
   /** What training minimises: the loop's next-token loss (sft), or DPO with its options (trainer/objectives/dpo.ts). */
-  objective: { type: "sft" } | { type: "dpo"; beta: number; labelSmoothing: number } | { type: "reward" } | { type: "classification" };
+  objective:
+    | { type: "sft" }
+    | { type: "dpo"; beta: number; labelSmoothing: number }
+    | { type: "reward" }
+    | { type: "classification" }
+    // RLAIF (trainer/objectives/rlaif.ts): the DPO options, the round settings and the judge.
+    | { type: "rlaif"; beta: number; labelSmoothing: number; rlaif: RlaifPlan };
   dataset: {
     /** The store the training (and eval) files are read from, and their keys in it. */
     storeUri: string;
@@ -138,7 +144,9 @@ export function planJob(spec: DefaultedFineTuneJobSpec, options: { baseDir?: str
         ? { type: "dpo", beta: objective.dpo?.beta ?? 0.1, labelSmoothing: objective.dpo?.labelSmoothing ?? 0 }
         : objective.type === "reward" || objective.type === "classification"
           ? { type: objective.type }
-          : { type: "sft" },
+          : objective.type === "rlaif"
+            ? { type: "rlaif", beta: objective.dpo?.beta ?? 0.1, labelSmoothing: objective.dpo?.labelSmoothing ?? 0, rlaif: rlaifPlan(objective.rlaif, absolute) }
+            : { type: "sft" },
     dataset: { ...data, options: datasetOptions },
     training,
     seed: h.seed,
@@ -170,6 +178,27 @@ function methodOptionsOf(method: { type: string } & Record<string, unknown>): un
 }
 
 /** The API names a format's fields after the format (prompt, completion); the data pipeline after its record layout. */
+/** RLAIF's settings with the judge's reward model folder resolved like every other URI. */
+export interface RlaifPlan {
+  rounds: number;
+  samplesPerPrompt: number;
+  temperature: number;
+  topP: number;
+  maxNewTokens: number;
+  stepsPerRound: number;
+  judge: { rewardModelUri: string } | { template: string; verdictTokens: [string, string] };
+}
+
+function rlaifPlan(rlaif: DefaultedFineTuneJobSpec["objective"]["rlaif"], absolute: (uri: string) => string): RlaifPlan {
+  if (!rlaif) throw new PlanError("spec.objective.rlaif: is required when objective.type is rlaif");
+  const { judge, ...settings } = rlaif;
+  if (judge.rewardModel) return { ...settings, judge: { rewardModelUri: absolute(judge.rewardModel.uri) } };
+  if (judge.template === undefined || judge.verdictTokens?.length !== 2) {
+    throw new PlanError("spec.objective.rlaif.judge: set rewardModel.uri, or template with two verdictTokens");
+  }
+  return { ...settings, judge: { template: judge.template, verdictTokens: [judge.verdictTokens[0]!, judge.verdictTokens[1]!] } };
+}
+
 function dataFields(format: DefaultedFineTuneJobSpec["dataset"]["format"], fields: Record<string, string>): FieldMapping {
   if (format === "instruction") return { instruction: fields.prompt ?? "prompt", output: fields.completion ?? "completion", input: fields.input ?? "input" };
   return { ...fields };
