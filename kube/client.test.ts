@@ -1,5 +1,6 @@
 import { KubeConfig } from "@kubernetes/client-node";
 import { mkdtemp, readFile } from "node:fs/promises";
+import type { RequestListener } from "node:http";
 import https from "node:https";
 import net, { type AddressInfo } from "node:net";
 import os from "node:os";
@@ -35,7 +36,7 @@ describe("KubeClient", () => {
     return (server.address() as AddressInfo).port;
   }
 
-  async function httpsServer(handler: https.RequestListener): Promise<{ port: number; connections: () => number }> {
+  async function httpsServer(handler: RequestListener): Promise<{ port: number; connections: () => number }> {
     const server = https.createServer({ cert: await readFile(pki.servingCert), key: await readFile(pki.servingKey) }, handler);
     let connections = 0;
     server.on("secureConnection", () => (connections += 1));
