@@ -9,6 +9,9 @@ import type { DecideSettings } from "./finetunejob/decide.ts";
 import { MetricsAuthorizer, type MetricsAuthorization } from "./metrics-auth.ts";
 import { OperatorMetrics } from "./metrics.ts";
 import { ProgressServer } from "./progress/server.ts";
+import { QueueController } from "./queue/controller.ts";
+import { KueueController } from "./queue/kueue.ts";
+import { QueueMetrics } from "./queue/metrics.ts";
 import { EventRecorder } from "./runtime/events.ts";
 import { LeaderElector } from "./runtime/leader-election.ts";
 import { loadOrCreateKeys, servingHosts, ServingCertificate } from "./runtime/serving-keys.ts";
@@ -43,6 +46,12 @@ export interface OperatorOptions {
   metricsOnProbePort?: boolean;
   concurrency: number;
   settings: DecideSettings;
+  /**
+   * Queueing (docs/queues.md): builtIn runs the FineTuneQueue controller (needs list and watch on
+   * the cluster-scoped finetunequeues); kueue makes a Kueue Workload for each job whose queueName
+   * is not a FineTuneQueue. Both off by default: without them a job with queueName waits Queued.
+   */
+  queues?: { builtIn?: boolean; kueue?: boolean };
   log?: (message: string) => void;
 }
 
@@ -96,6 +105,13 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     concurrency: options.concurrency,
     log,
   });
+  const queueController = options.queues?.builtIn
+    ? new QueueController({ client, jobs: controller.jobs, metrics: new QueueMetrics(metrics.registry), events, kueueEnabled: options.queues.kueue, log })
+    : undefined;
+  const kueueController = options.queues?.kueue
+    ? new KueueController({ client, jobs: controller.jobs, namespaces: options.namespaces, isBuiltInQueue: (name) => queueController?.queues.get(undefined, name) !== undefined, events, log })
+    : undefined;
+  const queueControllers = [queueController, kueueController].filter((each) => each !== undefined);
   const progress = new ProgressServer({
     client,
     key: tokenKey,
@@ -132,7 +148,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const probes = http.createServer((request, response) => {
     if (request.url === "/healthz") return void (fatalReason ? response.writeHead(503).end(`${fatalReason}\n`) : response.writeHead(200).end("ok\n"));
     if (request.url === "/readyz") {
-      const ready = controller.isHealthy();
+      const ready = controller.isHealthy() && queueControllers.every((each) => each.isHealthy());
       return void response.writeHead(ready ? 200 : 503).end(ready ? "ok\n" : "informers not synced or not watching\n");
     }
     if (request.url === "/metrics" && options.metricsOnProbePort !== false) {
@@ -147,7 +163,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const progressPort = await progress.listen(progressAddress.port, progressAddress.host);
   serving.start((pair) => progress.setTls(pair));
 
-  await controller.sync();
+  // The queue controllers add their indexes and handlers to the job caches first, then everything fills.
+  await Promise.all([controller.sync(), ...queueControllers.map((each) => each.sync())]);
   log(`caches synced: ${controller.allJobs().length} FineTuneJobs`);
   let stopped = false;
   if (elector) {
@@ -156,6 +173,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       onStartedLeading: () => {
         metrics.leader.set(1);
         controller.start();
+        for (const each of queueControllers) each.start();
       },
       onStoppedLeading: (reason) => {
         // Another replica may act now: stop at once rather than risk two writers. Rejoining in this process would
@@ -163,12 +181,13 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         fatalReason = `lost leadership of the lease ${options.leaderElection.namespace}/${options.leaderElection.name} (${reason}); the process must restart to rejoin the election`;
         log(fatalReason);
         metrics.leader.set(0);
-        void controller.stop().finally(() => reportFatal(fatalReason!));
+        void Promise.all([controller.stop(), ...queueControllers.map((each) => each.stop())]).finally(() => reportFatal(fatalReason!));
       },
     });
   } else {
     metrics.leader.set(1);
     controller.start();
+    for (const each of queueControllers) each.start();
   }
 
   return {
@@ -181,7 +200,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     async stop() {
       if (stopped) return;
       stopped = true;
-      await controller.stop();
+      await Promise.all([controller.stop(), ...queueControllers.map((each) => each.stop())]);
       await elector?.stop();
       serving.stop();
       await progress.close();

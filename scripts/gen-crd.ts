@@ -1,6 +1,11 @@
-// Writes crds/kubetune.io_finetunejobs.yaml from the API module (npm run gen:crd).
+// Writes crds/kubetune.io_finetunejobs.yaml and crds/kubetune.io_finetunequeues.yaml from the API module (npm run gen:crd).
 import { writeFileSync } from "node:fs";
-import { CRD_FILE, renderCrdYaml } from "../api/index.ts";
+import { CRD_FILE, QUEUE_CRD_FILE, renderCrdYaml, renderQueueCrdYaml } from "../api/index.ts";
 
-writeFileSync(new URL(`../${CRD_FILE}`, import.meta.url), renderCrdYaml());
-console.log(`wrote ${CRD_FILE}`);
+for (const [file, text] of [
+  [CRD_FILE, renderCrdYaml()],
+  [QUEUE_CRD_FILE, renderQueueCrdYaml()],
+] as const) {
+  writeFileSync(new URL(`../${file}`, import.meta.url), text);
+  console.log(`wrote ${file}`);
+}

@@ -21,7 +21,6 @@ const reasonDocs = {
   PreflightPassed: "The model, tokenizer and dataset exist and parse.",
   Queued: "The job waits in its queue for resources.",
   ExceedsQueueQuota: "The job asks for more GPUs, CPU or memory than its FineTuneQueue's whole quota, so it could never be admitted: lower resources or use a larger queue.",
-  QueueNotSupported: "spec.queueName is set, but this operator does not implement queues yet (neither Kueue nor a built-in FineTuneQueue): the job is refused rather than run unqueued. Remove queueName to run it.",
   PreflightChecked: "A small CPU-only pod checked that the model, tokenizer and dataset exist and parse, before any GPU was held.",
   Admitted: "The queue admitted the job.",
   PodCreated: "A trainer pod was created and is starting.",

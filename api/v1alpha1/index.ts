@@ -6,3 +6,4 @@ export * from "./crd.ts";
 export * from "./docs.ts";
 export * from "./contract.ts";
 export * from "./display.ts";
+export * from "./finetunequeue.ts";

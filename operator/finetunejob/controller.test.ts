@@ -177,9 +177,9 @@ describe("FineTuneJobController against a lagging cache", () => {
 
   it("keeps kubetune_jobs by phase from cache events: a deleted job leaves no count behind", async () => {
     const kube = new FakeKube();
-    // Jobs that end without a pod (refused for their queueName): nothing but the delete itself tells of their going.
-    await kube.create(jobPath(), manifest("a", { queueName: "gpus" }));
-    await kube.create(jobPath(), manifest("b", { queueName: "gpus" }));
+    // Jobs that end without a pod (refused: a pod in a cluster cannot read a local path): nothing but the delete itself tells of their going.
+    await kube.create(jobPath(), manifest("a", { dataset: { train: "local/train.jsonl" } }));
+    await kube.create(jobPath(), manifest("b", { dataset: { train: "local/train.jsonl" } }));
     await start(kube);
     const count = async (phase: string) => (await metrics.jobs.get()).values.find((value) => value.labels.namespace === namespace && value.labels.phase === phase)?.value;
     await until("two Failed", async () => ((await count("Failed")) === 2 ? true : undefined));

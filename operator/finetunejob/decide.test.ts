@@ -314,11 +314,54 @@ describe("decide", () => {
     expect(decide(deleting, [], now, settings).actions).toEqual([{ kind: "removeFinalizer" }]);
   });
 
-  it("refuses a job that names a queue, with QueueNotSupported, before any pod exists", () => {
-    const decision = decide(job({ spec: { queueName: "team-a-gpus" } }), [], now, settings);
-    expect(decision.status?.phase).toBe("Failed");
-    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "QueueNotSupported", message: expect.stringContaining('"team-a-gpus"') });
-    expect(decision.actions.some((action) => action.kind === "createPod")).toBe(false);
+  describe("with a queue (operator/queue decides admission on the Admitted condition)", () => {
+    const admitted = (status: "True" | "False", reason: string, message = "") => ({ type: "Admitted", status, reason, message, lastTransitionTime: now.toISOString() }) as const;
+    const queued = (conditions: NonNullable<FineTuneJob["status"]>["conditions"], rest: Partial<NonNullable<FineTuneJob["status"]>> = {}) =>
+      job({ spec: { queueName: "gpus" }, status: { conditions, ...rest } });
+
+    it("creates no pod, not even the preflight, until the queue admits the job", () => {
+      for (const conditions of [[], [admitted("False", "Queued", "waiting for 1 GPU; 2 of 2 GPUs in use by a/x, b/y")]]) {
+        const decision = decide(queued(conditions), [], now, settings);
+        expect(decision.status?.phase).toBe("Queued");
+        expect(decision.status?.startTime).toBeUndefined();
+        expect(decision.actions.some((action) => action.kind === "createPod")).toBe(false);
+        expect(decision.status?.conditions?.find((c) => c.type === "Ready")?.message).toMatch(/waiting for/);
+      }
+      const go = decide(queued([admitted("True", "Admitted"), preflightPassed]), [], now, settings);
+      expect(go.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret", "createPod"]);
+      expect(go.status?.phase).toBe("Running");
+    });
+
+    it("fails a job its queue can never admit", () => {
+      const decision = decide(queued([admitted("False", "ExceedsQueueQuota", "the job asks for 3 GPUs but the queue's whole quota is 2 GPUs")]), [], now, settings);
+      expect(decision.status?.phase).toBe("Failed");
+      expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "ExceedsQueueQuota", message: expect.stringContaining("3 GPUs") });
+    });
+
+    it("stops a preempted trainer, shows Queued once it is gone, and resumes it as an interruption, not a failure", () => {
+      const running = [admitted("False", "Preempted", "preempted by a/urgent"), preflightPassed, { type: "Running", status: "True", reason: "Training", message: "", lastTransitionTime: now.toISOString() } as const];
+      const j = queued(running, { phase: "Running", attempts: 1, failedAttempts: 0, startTime: now.toISOString(), lastCheckpoint: { step: 3, uri: "s3://out/tune/checkpoints/step-3", time: now.toISOString() } });
+      const stopping = decide(j, [podOf(j, 1, "Running")], now, settings);
+      expect(stopping.actions).toEqual([{ kind: "deletePod", name: "tune-train-1" }]);
+      // The queue keeps the GPU counted until the phase says the pod is gone.
+      expect(stopping.status?.phase).toBe("Running");
+      expect(stopping.status?.conditions?.find((c) => c.type === "Running")).toMatchObject({ status: "False", reason: "Preempted" });
+      const gone = decide(j, [], seconds(5), settings);
+      expect(gone.status?.phase).toBe("Queued");
+      expect(gone.actions).toEqual([]);
+      // Admitted again: attempt 2 resumes from the checkpoint, and nothing counts as failed.
+      const again = queued([admitted("True", "Admitted"), preflightPassed], { ...gone.status, conditions: [admitted("True", "Admitted"), preflightPassed] });
+      const resumed = decide(again, [], seconds(6), settings);
+      expect(resumed.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret", "createPod"]);
+      expect(resumed.status).toMatchObject({ attempts: 2, failedAttempts: 0 });
+    });
+
+    it("resumes a suspended job into its queue, no longer marked Suspended", () => {
+      const suspended = { type: "Suspended", status: "True", reason: "Suspended", message: "", lastTransitionTime: now.toISOString() } as const;
+      const decision = decide(queued([admitted("False", "Suspended", "gave its quota back"), suspended], { phase: "Suspended", attempts: 1 }), [], now, settings);
+      expect(decision.status?.phase).toBe("Queued");
+      expect(decision.status?.conditions?.find((c) => c.type === "Suspended")).toMatchObject({ status: "False", reason: "Resumed" });
+    });
   });
 
   it("refuses an invalid spec with InvalidSpec naming each field, even if the API server let it in", () => {

@@ -28,6 +28,7 @@ import {
   trainerPodName,
   type PodSettings,
 } from "./pods.ts";
+import { queueGate } from "../queue/gate.ts";
 
 /**
  * The reconcile decision for one FineTuneJob, as a pure function of what the cluster shows:
@@ -156,10 +157,6 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   const problems = [...validate(job), ...clusterOnlyProblems(job)];
   if (problems.length > 0) return finish("Failed", "InvalidSpec", describeProblems(problems));
   const spec = applyDefaults(job.spec);
-  // Documented but not built yet: running such a job unqueued would break the promise queueName makes (quota, order).
-  if (job.spec?.queueName !== undefined) {
-    return finish("Failed", "QueueNotSupported", `spec.queueName is ${JSON.stringify(job.spec.queueName)}, but this operator does not implement queues yet; remove spec.queueName to run the job without a queue`);
-  }
 
   const deadline = spec.runPolicy.activeDeadlineSeconds;
   if (deadline !== undefined && current.startTime && current.phase !== "Suspended" && now.getTime() - Date.parse(current.startTime) > deadline * 1000) {
@@ -177,6 +174,25 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
       events.push({ type: "Normal", reason: "Suspended", message });
     }
     return { actions, status, events };
+  }
+  // A queue (a FineTuneQueue, or Kueue) decides admission and records it on the Admitted condition (operator/queue):
+  // no pod runs before it, and the pods stop when the admission is taken back.
+  const gate = queueGate(job);
+  if (gate.kind === "fail") return finish("Failed", gate.reason, gate.message);
+  if (gate.kind === "wait") {
+    // A graceful delete: SIGTERM, the trainer checkpoints. The pod then vanishes, which the next attempt counts as an
+    // interruption, never as a failure.
+    for (const pod of active) actions.push({ kind: "deletePod", name: pod.metadata!.name! });
+    const stopping = pods.some((pod) => !isFinished(pod));
+    // Queued only once no pod runs: the queue controller keeps a preempted job's quota until then.
+    status.phase = stopping ? (current.phase ?? "Pending") : "Queued";
+    if (current.phase === "Suspended") setCondition("Suspended", "False", "Resumed", "runPolicy.suspend is false: the job waits in its queue, then resumes from the last checkpoint");
+    // Until the queue controller has seen the job, say which queue it waits for (the queue's own condition replaces this).
+    if (!status.conditions?.some((condition) => condition.type === "Admitted")) setCondition("Admitted", "False", "Queued", gate.message);
+    if (gate.preempted && status.conditions?.some((condition) => condition.type === "Running")) {
+      setCondition("Running", "False", "Preempted", stopping ? `${gate.message} (stopping)` : gate.message);
+    }
+    return { actions, status, events, requeueAfterSeconds: stopping ? 2 : undefined };
   }
   const resuming = current.phase === "Suspended";
   // startTime marks when the job became active (preflight included), so that activeDeadlineSeconds counts every pod,

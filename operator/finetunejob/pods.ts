@@ -167,8 +167,10 @@ export function trainerPod(
       securityContext: security.pod,
       automountServiceAccountToken: spec.storage.serviceAccountName !== undefined,
       ...(spec.storage.serviceAccountName ? { serviceAccountName: spec.storage.serviceAccountName } : {}),
-      ...(spec.resources.nodeSelector ? { nodeSelector: spec.resources.nodeSelector } : {}),
-      ...(spec.resources.tolerations ? { tolerations: spec.resources.tolerations as V1Toleration[] } : {}),
+      ...(spec.resources.nodeSelector || job.status?.admission?.nodeSelector ? { nodeSelector: { ...spec.resources.nodeSelector, ...job.status?.admission?.nodeSelector } } : {}),
+      ...(spec.resources.tolerations || job.status?.admission?.tolerations
+        ? { tolerations: [...(spec.resources.tolerations ?? []), ...(job.status?.admission?.tolerations ?? [])] as V1Toleration[] }
+        : {}),
       ...(spec.resources.affinity ? { affinity: spec.resources.affinity as V1Affinity } : {}),
       ...(spec.resources.priorityClassName ? { priorityClassName: spec.resources.priorityClassName } : {}),
       containers: [

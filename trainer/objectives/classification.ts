@@ -3,8 +3,7 @@ import type { BatchData, TokenBatch } from "../data/batching.ts";
 import type { DataLoader } from "../data/loader.ts";
 import type { Adapter } from "../methods/method.ts";
 import type { ForwardContext } from "../model/model.ts";
-import { clipByGlobalNorm } from "../optim/adamw.ts";
-import type { StepOptions } from "../train/step.ts";
+import { applyGradients, countTokens, GradientSums, hiddenStates, type StepOptions } from "../train/step.ts";
 import type { Objective, ObjectiveEvalResult, ObjectiveStepResult } from "./objective.ts";
 import { ScoreHeadAdapter } from "./score-head.ts";
 
@@ -51,43 +50,22 @@ export class ClassificationObjective implements Objective {
     const batches = microBatches.map(examplesOf);
     const examples = batches.reduce((sum, batch) => sum + batch.tokens.rows, 0);
     const variables = options.optimizer.parameters.map((parameter) => parameter.variable);
-    let summed: tf.Tensor[] | undefined;
-    let loss: tf.Scalar | undefined;
+    const sums = new GradientSums(variables, " (a classifier does not use lm_head)");
     let right = 0;
     for (const batch of batches) {
       let predicted: tf.Tensor1D | undefined;
-      const { value, grads } = tf.variableGrads(() => {
+      sums.add(() => {
         const logits = head.scores(hiddenStates(adapter, batch.tokens, { ...TRAINING, gradientCheckpointing: options.gradientCheckpointing ?? false }), batch.tokens.attentionMask);
         predicted = tf.keep(tf.argMax(logits, 1) as tf.Tensor1D);
         return tf.div(crossEntropySum(logits, batch.classLabels, head.labels), examples) as tf.Scalar;
-      }, [...variables]);
+      });
       right += countRight(predicted!, batch.classLabels);
       predicted!.dispose();
-      const previousLoss = loss;
-      loss = previousLoss ? (tf.add(previousLoss, value) as tf.Scalar) : value;
-      if (previousLoss) tf.dispose([previousLoss, value]);
-      const gradients = variables.map((variable) => {
-        const gradient = grads[variable.name];
-        if (!gradient) throw new Error(`no gradient reached trainable variable ${variable.name}; is it used in the forward pass? (a classifier does not use lm_head)`);
-        return gradient;
-      });
-      if (!summed) {
-        summed = gradients;
-      } else {
-        const previous = summed;
-        summed = previous.map((sum, i) => tf.add(sum, gradients[i]!));
-        tf.dispose([...previous, ...gradients]);
-      }
     }
-    if (!summed || !loss) throw new Error("a training step needs at least one micro-batch");
-    const clipped = clipByGlobalNorm(summed, options.maxGradNorm);
-    tf.dispose(summed);
-    options.optimizer.apply(clipped.gradients, options.learningRate);
-    tf.dispose(clipped.gradients);
-    const [lossValue, gradNorm] = tf.tidy(() => tf.stack([loss!, clipped.norm]).dataSync());
-    tf.dispose([loss, clipped.norm]);
+    const { loss, gradients } = sums.sums();
+    const { lossValue, gradNorm } = applyGradients(loss, gradients, options);
     const tokens = batches.reduce((sum, batch) => sum + countTokens(batch.tokens), 0);
-    return { loss: lossValue!, gradNorm: gradNorm!, tokens, targetTokens: 0, accuracy: right / examples };
+    return { loss: lossValue, gradNorm, tokens, targetTokens: 0, accuracy: right / examples };
   }
 
   async evaluate(adapter: Adapter, batches: AsyncIterable<BatchData>): Promise<ObjectiveEvalResult | undefined> {
@@ -139,22 +117,4 @@ function examplesOf(batch: BatchData): { tokens: TokenBatch; classLabels: Int32A
     throw new Error(`objective classification trains on labelled texts, but the dataset gives ${batch.kind} batches; use dataset.format classification`);
   }
   return batch;
-}
-
-function hiddenStates(adapter: Adapter, batch: TokenBatch, context: ForwardContext & { gradientCheckpointing?: boolean }): tf.Tensor3D {
-  return tf.tidy(() => {
-    const shape: [number, number] = [batch.rows, batch.seqLength];
-    return adapter.forward({
-      inputIds: tf.tensor2d(batch.inputIds, shape, "int32"),
-      attentionMask: tf.tensor2d(batch.attentionMask, shape, "int32"),
-      skipOutputHead: true,
-      ...context,
-    });
-  });
-}
-
-function countTokens(batch: TokenBatch): number {
-  let count = 0;
-  for (const value of batch.attentionMask) count += value;
-  return count;
 }

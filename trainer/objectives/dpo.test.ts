@@ -10,6 +10,7 @@ import { loadModel } from "../model/loader.ts";
 import type { CausalLM } from "../model/model.ts";
 import { Rng } from "../random.ts";
 import { relativeError } from "../testing/compare.ts";
+import { randomizeLoraB, usingAdapter } from "../testing/method-tests.ts";
 import { TINY_LLAMA, writeTinyModel, type TinyModel } from "../testing/tiny-models.ts";
 import { nextTokenTargets } from "../train/loss.ts";
 import { DpoObjective, dpoObjective, joinRows } from "./dpo.ts";
@@ -62,16 +63,11 @@ function preferenceBatch(vocab: number, seed: number): BatchData & { kind: "pref
 
 function withLora<T>(model: CausalLM, options: LoraOptions, body: (adapter: LoraAdapter) => T): T {
   const adapter = loraMethod.inject(model, options, { rng: Rng.fromSeed(3), baseModelNameOrPath: "tiny" }) as LoraAdapter;
-  try {
+  return usingAdapter(adapter, () => {
     // B starts at zero (policy = reference, every margin 0); random values make the pairs differ.
-    const state = adapter.saveState();
-    const values = Rng.fromSeed(9);
-    for (const [name, tensor] of state) if (name.endsWith(".lora_B")) tensor.data = values.fillUniform(new Float32Array(tensor.data.length), -0.5, 0.5);
-    adapter.loadState(state);
+    randomizeLoraB(adapter);
     return body(adapter);
-  } finally {
-    adapter.remove();
-  }
+  });
 }
 
 /** Per row, the completion's summed log-probability from the full logits, in float64. */

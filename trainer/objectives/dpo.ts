@@ -2,9 +2,8 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { BatchData, TokenBatch } from "../data/batching.ts";
 import type { Adapter } from "../methods/method.ts";
 import type { ForwardContext } from "../model/model.ts";
-import { clipByGlobalNorm } from "../optim/adamw.ts";
 import { nextTokenTargets } from "../train/loss.ts";
-import type { StepOptions } from "../train/step.ts";
+import { applyGradients, countTokens, GradientSums, hiddenStates, type StepOptions } from "../train/step.ts";
 import { sequenceLogProbabilities } from "./log-probabilities.ts";
 import type { Objective, ObjectiveEvalResult, ObjectiveStepResult, PreferenceMetrics } from "./objective.ts";
 
@@ -70,13 +69,8 @@ export class DpoObjective implements Objective {
   trainStep(adapter: Adapter, microBatches: readonly BatchData[], options: StepOptions): ObjectiveStepResult {
     const variables = options.optimizer.parameters.map((parameter) => parameter.variable);
     const { loss, gradients: summed, logProbabilities, tokens, targetTokens } = this.lossAndGradients(adapter, microBatches, variables, options);
-    const clipped = clipByGlobalNorm(summed, options.maxGradNorm);
-    tf.dispose(summed);
-    options.optimizer.apply(clipped.gradients, options.learningRate);
-    tf.dispose(clipped.gradients);
-    const [lossValue, gradNorm] = tf.tidy(() => tf.stack([loss, clipped.norm]).dataSync());
-    tf.dispose([loss, clipped.norm]);
-    return { loss: lossValue!, gradNorm: gradNorm!, tokens, targetTokens, preference: this.metrics(logProbabilities) };
+    const { lossValue, gradNorm } = applyGradients(loss, summed, options);
+    return { loss: lossValue, gradNorm, tokens, targetTokens, preference: this.metrics(logProbabilities) };
   }
 
   /**
@@ -95,8 +89,7 @@ export class DpoObjective implements Objective {
     const pairCount = pairs.reduce((sum, pair) => sum + pair.chosen.rows, 0);
     const head = adapter.model.outputHead;
 
-    let summed: tf.Tensor[] | undefined;
-    let loss: tf.Scalar | undefined;
+    const sums = new GradientSums(variables);
     const logProbabilities: PairLogProbabilities[] = [];
     for (const pair of pairs) {
       const joined = joinRows(pair.chosen, pair.rejected);
@@ -104,34 +97,19 @@ export class DpoObjective implements Objective {
       // Computed before the tape starts: the reference gets no gradient and keeps nothing for one.
       const reference = tf.tidy(() => sequenceLogProbabilities(hiddenStates(adapter, joined, REFERENCE), head, targets, { context: REFERENCE }));
       let policy: tf.Tensor1D | undefined;
-      const { value, grads } = tf.variableGrads(() => {
+      sums.add(() => {
         const hidden = hiddenStates(adapter, joined, { ...TRAINING, gradientCheckpointing: options.gradientCheckpointing ?? false });
         const logps = sequenceLogProbabilities(hidden, head, targets, { context: TRAINING });
         policy = tf.keep(logps);
         return tf.div(tf.sum(this.pairLosses(logps, reference)), pairCount) as tf.Scalar;
-      }, [...variables]);
+      });
       logProbabilities.push(splitPairs(policy!, reference, pair.chosen.rows));
       tf.dispose([policy!, reference]);
-      const previousLoss = loss;
-      loss = previousLoss ? (tf.add(previousLoss, value) as tf.Scalar) : value;
-      if (previousLoss) tf.dispose([previousLoss, value]);
-      const gradients = variables.map((variable) => {
-        const gradient = grads[variable.name];
-        if (!gradient) throw new Error(`no gradient reached trainable variable ${variable.name}; is it used in the forward pass?`);
-        return gradient;
-      });
-      if (!summed) {
-        summed = gradients;
-      } else {
-        const previous = summed;
-        summed = previous.map((sum, i) => tf.add(sum, gradients[i]!));
-        tf.dispose([...previous, ...gradients]);
-      }
     }
-    if (!summed || !loss) throw new Error("a training step needs at least one micro-batch");
+    const { loss, gradients } = sums.sums();
     const tokens = pairs.reduce((sum, pair) => sum + countTokens(pair.chosen) + countTokens(pair.rejected), 0);
     const targetTokens = pairs.reduce((sum, pair) => sum + countTargets(pair.chosen) + countTargets(pair.rejected), 0);
-    return { loss, gradients: summed, logProbabilities, tokens, targetTokens };
+    return { loss, gradients, logProbabilities, tokens, targetTokens };
   }
 
   async evaluate(adapter: Adapter, batches: AsyncIterable<BatchData>): Promise<ObjectiveEvalResult | undefined> {
@@ -248,25 +226,6 @@ function splitPairs(policy: tf.Tensor1D, reference: tf.Tensor1D, pairs: number):
     referenceChosen: r.slice(0, pairs),
     referenceRejected: r.slice(pairs, 2 * pairs),
   };
-}
-
-/** Final hidden states [rows, seq, hidden]; the log-probabilities apply the output head. */
-function hiddenStates(adapter: Adapter, batch: TokenBatch, context: ForwardContext & { gradientCheckpointing?: boolean }): tf.Tensor3D {
-  return tf.tidy(() => {
-    const shape: [number, number] = [batch.rows, batch.seqLength];
-    return adapter.forward({
-      inputIds: tf.tensor2d(batch.inputIds, shape, "int32"),
-      attentionMask: tf.tensor2d(batch.attentionMask, shape, "int32"),
-      skipOutputHead: true,
-      ...context,
-    });
-  });
-}
-
-function countTokens(batch: TokenBatch): number {
-  let count = 0;
-  for (const value of batch.attentionMask) count += value;
-  return count;
 }
 
 function countTargets(batch: TokenBatch): number {

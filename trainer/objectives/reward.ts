@@ -2,8 +2,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { BatchData, TokenBatch } from "../data/batching.ts";
 import type { Adapter } from "../methods/method.ts";
 import type { ForwardContext } from "../model/model.ts";
-import { clipByGlobalNorm } from "../optim/adamw.ts";
-import type { StepOptions } from "../train/step.ts";
+import { applyGradients, countTokens, GradientSums, hiddenStates, type StepOptions } from "../train/step.ts";
 import { joinRows } from "./dpo.ts";
 import type { Objective, ObjectiveEvalResult, ObjectiveStepResult, PreferenceMetrics } from "./objective.ts";
 import { ScoreHeadAdapter } from "./score-head.ts";
@@ -43,13 +42,8 @@ export class RewardObjective implements Objective {
   trainStep(adapter: Adapter, microBatches: readonly BatchData[], options: StepOptions): ObjectiveStepResult {
     const variables = options.optimizer.parameters.map((parameter) => parameter.variable);
     const { loss, gradients, rewards, tokens } = this.lossAndGradients(adapter, microBatches, variables, options);
-    const clipped = clipByGlobalNorm(gradients, options.maxGradNorm);
-    tf.dispose(gradients);
-    options.optimizer.apply(clipped.gradients, options.learningRate);
-    tf.dispose(clipped.gradients);
-    const [lossValue, gradNorm] = tf.tidy(() => tf.stack([loss, clipped.norm]).dataSync());
-    tf.dispose([loss, clipped.norm]);
-    return { loss: lossValue!, gradNorm: gradNorm!, tokens, targetTokens: 0, preference: metrics(rewards) };
+    const { lossValue, gradNorm } = applyGradients(loss, gradients, options);
+    return { loss: lossValue, gradNorm, tokens, targetTokens: 0, preference: metrics(rewards) };
   }
 
   /** The step's mean loss over its pairs, and its gradients for `variables`, summed over the micro-batches. */
@@ -62,38 +56,22 @@ export class RewardObjective implements Objective {
     const head = scoreHead(adapter);
     const pairs = microBatches.map(pairsOf);
     const pairCount = pairs.reduce((sum, pair) => sum + pair.chosen.rows, 0);
-    let summed: tf.Tensor[] | undefined;
-    let loss: tf.Scalar | undefined;
+    const sums = new GradientSums(variables, " (a reward model does not use lm_head)");
     const rewards: Rewards[] = [];
     for (const pair of pairs) {
       const joined = joinRows(pair.chosen, pair.rejected);
       let scores: tf.Tensor1D | undefined;
-      const { value, grads } = tf.variableGrads(() => {
+      sums.add(() => {
         const rowScores = tf.reshape(head.scores(hiddenStates(adapter, joined, { ...TRAINING, gradientCheckpointing: options.gradientCheckpointing ?? false }), joined.attentionMask), [-1]) as tf.Tensor1D;
         scores = tf.keep(rowScores);
         return tf.div(tf.sum(pairLosses(rowScores)), pairCount) as tf.Scalar;
-      }, [...variables]);
+      });
       rewards.push(split(scores!, pair.chosen.rows));
       scores!.dispose();
-      const previousLoss = loss;
-      loss = previousLoss ? (tf.add(previousLoss, value) as tf.Scalar) : value;
-      if (previousLoss) tf.dispose([previousLoss, value]);
-      const gradients = variables.map((variable) => {
-        const gradient = grads[variable.name];
-        if (!gradient) throw new Error(`no gradient reached trainable variable ${variable.name}; is it used in the forward pass? (a reward model does not use lm_head)`);
-        return gradient;
-      });
-      if (!summed) {
-        summed = gradients;
-      } else {
-        const previous = summed;
-        summed = previous.map((sum, i) => tf.add(sum, gradients[i]!));
-        tf.dispose([...previous, ...gradients]);
-      }
     }
-    if (!summed || !loss) throw new Error("a training step needs at least one micro-batch");
+    const { loss, gradients } = sums.sums();
     const tokens = pairs.reduce((sum, pair) => sum + countTokens(pair.chosen) + countTokens(pair.rejected), 0);
-    return { loss, gradients: summed, rewards, tokens };
+    return { loss, gradients, rewards, tokens };
   }
 
   async evaluate(adapter: Adapter, batches: AsyncIterable<BatchData>): Promise<ObjectiveEvalResult | undefined> {
@@ -159,22 +137,4 @@ function pairsOf(batch: BatchData): { chosen: TokenBatch; rejected: TokenBatch }
 function split(scores: tf.Tensor1D, pairs: number): Rewards {
   const values = scores.dataSync() as Float32Array;
   return { chosen: values.slice(0, pairs), rejected: values.slice(pairs, 2 * pairs) };
-}
-
-function hiddenStates(adapter: Adapter, batch: TokenBatch, context: ForwardContext & { gradientCheckpointing?: boolean }): tf.Tensor3D {
-  return tf.tidy(() => {
-    const shape: [number, number] = [batch.rows, batch.seqLength];
-    return adapter.forward({
-      inputIds: tf.tensor2d(batch.inputIds, shape, "int32"),
-      attentionMask: tf.tensor2d(batch.attentionMask, shape, "int32"),
-      skipOutputHead: true,
-      ...context,
-    });
-  });
-}
-
-function countTokens(batch: TokenBatch): number {
-  let count = 0;
-  for (const value of batch.attentionMask) count += value;
-  return count;
 }

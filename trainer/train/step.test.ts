@@ -10,6 +10,7 @@ import type { CausalLM } from "../model/model.ts";
 import { AdamW } from "../optim/adamw.ts";
 import { Rng } from "../random.ts";
 import { relativeError } from "../testing/compare.ts";
+import { randomizeLoraB, usingAdapter } from "../testing/method-tests.ts";
 import { TINY_GPT2, TINY_LLAMA, writeTinyModel, type TinyModel } from "../testing/tiny-models.ts";
 import { nextTokenTargets } from "./loss.ts";
 import { lossAndGradients, trainStep } from "./step.ts";
@@ -47,15 +48,10 @@ function tokenBatch(vocab: number, rows: number, seqLength: number, seed: number
 /** LoRA on `model` with random B (B starts at zero, which would leave A without gradient). */
 function withLora<T>(model: CausalLM, options: LoraOptions, rng: Rng, body: (adapter: LoraAdapter) => T): T {
   const adapter = loraMethod.inject(model, options, { rng, baseModelNameOrPath: "tiny" }) as LoraAdapter;
-  try {
-    const state = adapter.saveState();
-    const values = Rng.fromSeed(9);
-    for (const [name, tensor] of state) if (name.endsWith(".lora_B")) tensor.data = values.fillUniform(new Float32Array(tensor.data.length), -0.5, 0.5);
-    adapter.loadState(state);
+  return usingAdapter(adapter, () => {
+    randomizeLoraB(adapter);
     return body(adapter);
-  } finally {
-    adapter.remove();
-  }
+  });
 }
 
 function gradientsOf(adapter: LoraAdapter, batches: TokenBatch[], gradientCheckpointing = false) {

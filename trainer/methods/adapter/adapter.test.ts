@@ -1,52 +1,22 @@
-import { rm } from "node:fs/promises";
 import * as tf from "@tensorflow/tfjs-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { selectBackend } from "../../backend/backend.ts";
+import { describe, expect, it } from "vitest";
 import { loadModel } from "../../model/loader.ts";
 import type { CausalLM } from "../../model/model.ts";
 import { Rng } from "../../random.ts";
 import { readSafetensors, writeSafetensors } from "../../safetensors/safetensors.ts";
-import { logitsOf, relativeError, sampleIds } from "../../testing/compare.ts";
+import { logitsOf, relativeError } from "../../testing/compare.ts";
 import { lossesOfTinyRun, resumedAndStraightOutputs } from "../../testing/method-training.ts";
 import { checkGradients } from "../../testing/finite-differences.ts";
-import { TINY_GPT2, TINY_LLAMA, writeTinyModel, type TinyModel } from "../../testing/tiny-models.ts";
+import { SAMPLE_IDS as IDS, SAMPLE_MASK as MASK, injectForTest, tensorIds, useTinyLlamaAndGpt2, usingAdapter } from "../../testing/method-tests.ts";
 import { getMethod } from "../registry.ts";
 import { BOTTLENECK_ACTIVATIONS, type BottleneckOptions } from "./config.ts";
 import { bottleneckMethod, loadBottleneckAdapter, type BottleneckAdapter } from "./model.ts";
 
-const IDS = sampleIds(2, 6, 53);
-const MASK = [
-  [1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 0, 0],
-];
+const tiny = useTinyLlamaAndGpt2();
 
-let llamaFolder: TinyModel;
-let gpt2Folder: TinyModel;
-let llama: CausalLM;
-let gpt2: CausalLM;
-
-beforeAll(async () => {
-  await selectBackend("cpu");
-  llamaFolder = await writeTinyModel(TINY_LLAMA, { seed: 11 });
-  gpt2Folder = await writeTinyModel(TINY_GPT2, { seed: 12 });
-  llama = await loadModel(llamaFolder.store);
-  gpt2 = await loadModel(gpt2Folder.store);
-});
-
-afterAll(async () => {
-  llama.dispose();
-  gpt2.dispose();
-  await rm(llamaFolder.dir, { recursive: true, force: true });
-  await rm(gpt2Folder.dir, { recursive: true, force: true });
-});
-
+/** With a bottleneck adapter (rng seed 3) on `model`, runs `body`, then removes the adapter. */
 function withAdapter<T>(model: CausalLM, options: BottleneckOptions, body: (adapter: BottleneckAdapter) => T): T {
-  const adapter = bottleneckMethod.inject(model, options, { rng: Rng.fromSeed(3), baseModelNameOrPath: "s3://models/tiny" }) as BottleneckAdapter;
-  try {
-    return body(adapter);
-  } finally {
-    adapter.remove();
-  }
+  return usingAdapter(injectForTest<BottleneckAdapter>(bottleneckMethod, model, options), body);
 }
 
 /** Gives W_up and the biases random values (they start at zero), as training would. */
@@ -56,8 +26,6 @@ function perturb(adapter: BottleneckAdapter, seed = 9): void {
   for (const [name, tensor] of state) if (!name.endsWith("adapter_down.weight")) tensor.data = rng.fillUniform(new Float32Array(tensor.data.length), -0.3, 0.3);
   adapter.loadState(state);
 }
-
-const tensorIds = (rows: number[][]) => tf.tensor2d(rows.flat(), [rows.length, rows[0]!.length], "int32");
 
 /** h + W_up act(W_down h + b_down) + b_up in float64, with the weights in nn.Linear's layout. */
 function referenceAdapter(h: ArrayLike<number>, hidden: number, k: number, w: { down: ArrayLike<number>; downBias: ArrayLike<number>; up: ArrayLike<number>; upBias: ArrayLike<number> }, activation: string): number[] {
@@ -98,11 +66,11 @@ function erf(x: number): number {
 describe("bottleneck adapters", () => {
   it("are the registry's adapter method, after attention and MLP (houlsby) or the MLP only (pfeiffer)", () => {
     expect(getMethod("adapter")).toBe(bottleneckMethod);
-    withAdapter(llama, {}, (adapter) => {
+    withAdapter(tiny.llama, {}, (adapter) => {
       expect([...adapter.layers.keys()]).toEqual(["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"]);
       expect(adapter.trainableParameterCount()).toBe(4 * (32 * 64 + 64 + 64 * 32 + 32));
     });
-    withAdapter(gpt2, { variant: "pfeiffer", bottleneckSize: 4 }, (adapter) => {
+    withAdapter(tiny.gpt2, { variant: "pfeiffer", bottleneckSize: 4 }, (adapter) => {
       expect([...adapter.layers.keys()]).toEqual(["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]);
       expect(adapter.adapterConfig()).toEqual({
         activation: "relu",
@@ -119,7 +87,7 @@ describe("bottleneck adapters", () => {
   });
 
   it("start as the base model exactly (W_up and the biases start at zero)", () => {
-    for (const model of [llama, gpt2]) {
+    for (const model of [tiny.llama, tiny.gpt2]) {
       const base = logitsOf(model, IDS, MASK);
       withAdapter(model, { bottleneckSize: 8, activation: "tanh" }, (adapter) => {
         expect(logitsOf(model, IDS, MASK)).toEqual(base);
@@ -131,16 +99,16 @@ describe("bottleneck adapters", () => {
   });
 
   it("refuse bad options, naming the field", () => {
-    expect(() => bottleneckMethod.inject(llama, { bottleneckSize: 0 }, { rng: Rng.fromSeed(1), baseModelNameOrPath: "x" })).toThrow("spec.method.bottleneckSize: must be a positive integer, got 0");
-    expect(() => bottleneckMethod.inject(llama, { activation: "swish" }, { rng: Rng.fromSeed(1), baseModelNameOrPath: "x" })).toThrow(
+    expect(() => bottleneckMethod.inject(tiny.llama, { bottleneckSize: 0 }, { rng: Rng.fromSeed(1), baseModelNameOrPath: "x" })).toThrow("spec.method.bottleneckSize: must be a positive integer, got 0");
+    expect(() => bottleneckMethod.inject(tiny.llama, { activation: "swish" }, { rng: Rng.fromSeed(1), baseModelNameOrPath: "x" })).toThrow(
       'spec.method.activation: must be one of relu, gelu, silu, tanh, got "swish"',
     );
-    withAdapter(llama, {}, (adapter) => expect(() => adapter.merge()).toThrow(/cannot be merged/));
+    withAdapter(tiny.llama, {}, (adapter) => expect(() => adapter.merge()).toThrow(/cannot be merged/));
   });
 
   for (const activation of BOTTLENECK_ACTIVATIONS) {
     it(`compute h + W_up ${activation}(W_down h) as a float64 reference does, with gradients matching its finite differences`, () => {
-      withAdapter(gpt2, { bottleneckSize: 5, activation }, (adapter) => {
+      withAdapter(tiny.gpt2, { bottleneckSize: 5, activation }, (adapter) => {
         perturb(adapter);
         const [path, layer] = [...adapter.layers][0]!;
         const inFeatures = layer.module.inFeatures;
@@ -170,10 +138,10 @@ describe("bottleneck adapters", () => {
   }
 
   it("pass gradients through the whole model that match finite differences of its float32 logits", () => {
-    withAdapter(llama, { bottleneckSize: 3, activation: "gelu" }, (adapter) => {
+    withAdapter(tiny.llama, { bottleneckSize: 3, activation: "gelu" }, (adapter) => {
       perturb(adapter);
       const variables = adapter.trainableVariables();
-      const forward = () => llama.forward({ inputIds: tensorIds(IDS), attentionMask: tensorIds(MASK) });
+      const forward = () => tiny.llama.forward({ inputIds: tensorIds(IDS), attentionMask: tensorIds(MASK) });
       const result = checkGradients({
         forward,
         variables,
@@ -193,9 +161,9 @@ describe("bottleneck adapters", () => {
   });
 
   it("export nn.Linear-layout tensors that loadBottleneckAdapter puts back onto a fresh model, giving the same logits", async () => {
-    const fresh = await loadModel(llamaFolder.store);
+    const fresh = await loadModel(tiny.llamaFolder.store);
     try {
-      withAdapter(llama, { variant: "houlsby", bottleneckSize: 6, activation: "silu" }, (adapter) => {
+      withAdapter(tiny.llama, { variant: "houlsby", bottleneckSize: 6, activation: "silu" }, (adapter) => {
         perturb(adapter);
         const tensors = adapter.exportTensors();
         expect(tensors.get("base_model.model.model.layers.0.self_attn.o_proj.adapter_down.weight")!.shape).toEqual([6, 32]);
@@ -204,7 +172,7 @@ describe("bottleneck adapters", () => {
         const config = JSON.parse(JSON.stringify(adapter.adapterConfig())) as Record<string, unknown>;
         const loaded = loadBottleneckAdapter(fresh, config, readSafetensors(file, "adapter_model.safetensors").tensors, "out");
         try {
-          expect(logitsOf(fresh, IDS, MASK)).toEqual(logitsOf(llama, IDS, MASK));
+          expect(logitsOf(fresh, IDS, MASK)).toEqual(logitsOf(tiny.llama, IDS, MASK));
         } finally {
           loaded.remove();
         }
@@ -227,7 +195,7 @@ describe("adapter in the training loop", () => {
   });
 
   it("resumes from a checkpoint to the same adapter, byte for byte", async () => {
-    const { straight, resumed, resumedFrom } = await resumedAndStraightOutputs({ type: "adapter", adapter: { variant: "pfeiffer", bottleneckSize: 4 } }, ["adapter_model.safetensors"], undefined);
+    const { straight, resumed, resumedFrom } = await resumedAndStraightOutputs({ type: "adapter", adapter: { variant: "pfeiffer", bottleneckSize: 4 } }, ["adapter_model.safetensors"]);
     expect(resumedFrom).toBe(4);
     expect(resumed).toEqual(straight);
   });

@@ -1,58 +1,27 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
-import * as tf from "@tensorflow/tfjs-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { selectBackend } from "../../backend/backend.ts";
+import { describe, expect, it } from "vitest";
 import { createModelFromStateDict, loadModel } from "../../model/loader.ts";
-import { mergeAdapter } from "../../output/merge.ts";
 import type { CausalLM } from "../../model/model.ts";
 import { Rng } from "../../random.ts";
 import { readSafetensors, writeSafetensors } from "../../safetensors/safetensors.ts";
-import { logitsOf, relativeError, sampleIds } from "../../testing/compare.ts";
-import { lossesOfTinyRun, resumedAndStraightOutputs } from "../../testing/method-training.ts";
+import { logitsOf, relativeError } from "../../testing/compare.ts";
+import { lossesOfTinyRun, mergedFixtureError, resumedAndStraightOutputs } from "../../testing/method-training.ts";
 import { checkGradients, float64Weights } from "../../testing/finite-differences.ts";
 import { TestFolderStore } from "../../testing/folder-store.ts";
+import { SAMPLE_IDS as IDS, SAMPLE_MASK as MASK, injectForTest, tensorIds, useTinyLlamaAndGpt2, usingAdapter } from "../../testing/method-tests.ts";
 import { referenceGpt2Logits, referenceLlamaLogits, type ReferenceWeights } from "../../testing/reference.ts";
-import { TINY_GPT2, TINY_LLAMA, writeTinyModel, type TinyModel } from "../../testing/tiny-models.ts";
 import type { LoraOptions } from "../lora/config.ts";
 import { getMethod } from "../registry.ts";
 import { doraMethod, stateFromPeftTensors, type DoraAdapter } from "./model.ts";
 
-const IDS = sampleIds(2, 6, 53);
-const MASK = [
-  [1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 0, 0],
-];
 const FIXTURES = path.resolve(import.meta.dirname, "../../../tests/fixtures/hf/methods/dora");
 
-let llamaFolder: TinyModel;
-let gpt2Folder: TinyModel;
-let llama: CausalLM;
-let gpt2: CausalLM;
+const tiny = useTinyLlamaAndGpt2();
 
-beforeAll(async () => {
-  await selectBackend("cpu");
-  llamaFolder = await writeTinyModel(TINY_LLAMA, { seed: 11 });
-  gpt2Folder = await writeTinyModel(TINY_GPT2, { seed: 12 });
-  llama = await loadModel(llamaFolder.store);
-  gpt2 = await loadModel(gpt2Folder.store);
-});
-
-afterAll(async () => {
-  llama.dispose();
-  gpt2.dispose();
-  await rm(llamaFolder.dir, { recursive: true, force: true });
-  await rm(gpt2Folder.dir, { recursive: true, force: true });
-});
-
+/** With a DoRA adapter (rng seed 3) on `model`, runs `body`, then removes the adapter. */
 function withAdapter<T>(model: CausalLM, options: LoraOptions, body: (adapter: DoraAdapter) => T): T {
-  const adapter = doraMethod.inject(model, options, { rng: Rng.fromSeed(3), baseModelNameOrPath: "s3://models/tiny" }) as DoraAdapter;
-  try {
-    return body(adapter);
-  } finally {
-    adapter.remove();
-  }
+  return usingAdapter(injectForTest<DoraAdapter>(doraMethod, model, options), body);
 }
 
 /** Moves B and the magnitudes away from their initial values, as training would. */
@@ -69,7 +38,7 @@ function perturb(adapter: DoraAdapter, seed = 9): void {
 describe("DoRA", () => {
   it("is the registry's dora method and starts as the base model, with m = the row norms of W", () => {
     expect(getMethod("dora")).toBe(doraMethod);
-    for (const model of [llama, gpt2]) {
+    for (const model of [tiny.llama, tiny.gpt2]) {
       const base = logitsOf(model, IDS, MASK);
       withAdapter(model, { targetModules: "all-linear", r: 4, alpha: 16 }, (adapter) => {
         expect(relativeError(logitsOf(model, IDS, MASK), base)).toBeLessThan(1e-6);
@@ -78,9 +47,9 @@ describe("DoRA", () => {
         expect(logitsOf(model, IDS, MASK, { disableAdapters: true })).toEqual(base);
       });
     }
-    withAdapter(llama, {}, (adapter) => {
+    withAdapter(tiny.llama, {}, (adapter) => {
       const q = adapter.layers.get("model.layers.0.self_attn.q_proj")!;
-      const weight = llamaFolder.weights.get("model.layers.0.self_attn.q_proj.weight")!;
+      const weight = tiny.llamaFolder.weights.get("model.layers.0.self_attn.q_proj.weight")!;
       const [out, inFeatures] = weight.shape as [number, number];
       const norms = Array.from({ length: out }, (_, o) => Math.hypot(...weight.data.slice(o * inFeatures, (o + 1) * inFeatures)));
       expect(relativeError(q.magnitude.dataSync(), norms)).toBeLessThan(1e-6);
@@ -89,7 +58,7 @@ describe("DoRA", () => {
   });
 
   it("exports LoRA's tensors plus lora_magnitude_vector and use_dora: true", () => {
-    withAdapter(gpt2, { targetModules: ["c_attn"], r: 2 }, (adapter) => {
+    withAdapter(tiny.gpt2, { targetModules: ["c_attn"], r: 2 }, (adapter) => {
       const tensors = adapter.exportTensors();
       expect([...tensors.keys()].slice(0, 3)).toEqual([
         "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight",
@@ -147,7 +116,7 @@ describe("DoRA", () => {
     ["gpt2", { targetModules: ["c_attn", "c_proj", "c_fc"], r: 2, alpha: 5 }],
   ] as const) {
     it(`merged weights give the adapter's logits within 1e-5 (${family})`, () => {
-      const model = family === "llama" ? llama : gpt2;
+      const model = family === "llama" ? tiny.llama : tiny.gpt2;
       withAdapter(model, options, (adapter) => {
         perturb(adapter);
         const adapted = logitsOf(model, IDS, MASK);
@@ -166,8 +135,8 @@ describe("DoRA", () => {
      * gradient is not the gradient of the undetached function.
      */
     it(`gradients match finite differences of the float64 reference with n detached (${family})`, () => {
-      const model = family === "llama" ? llama : gpt2;
-      const folder = family === "llama" ? llamaFolder : gpt2Folder;
+      const model = family === "llama" ? tiny.llama : tiny.gpt2;
+      const folder = family === "llama" ? tiny.llamaFolder : tiny.gpt2Folder;
       const reference = family === "llama" ? referenceLlamaLogits : referenceGpt2Logits;
       withAdapter(model, options, (adapter) => {
         perturb(adapter);
@@ -205,9 +174,9 @@ describe("DoRA", () => {
 
   it("applies dropout to the DoRA branch only in training, as PEFT does", () => {
     const run = (dropout: number, training: boolean) =>
-      withAdapter(llama, { dropout, targetModules: ["q_proj", "v_proj"] }, (adapter) => {
+      withAdapter(tiny.llama, { dropout, targetModules: ["q_proj", "v_proj"] }, (adapter) => {
         perturb(adapter);
-        return logitsOf(llama, IDS, MASK, { training });
+        return logitsOf(tiny.llama, IDS, MASK, { training });
       });
     expect(run(0.5, false)).toEqual(run(0, false));
     expect(run(0.5, true)).toEqual(run(0.5, true));
@@ -215,7 +184,7 @@ describe("DoRA", () => {
   });
 
   it("writes a safetensors file PEFT's loader reads back to the same state", () => {
-    withAdapter(llama, {}, (adapter) => {
+    withAdapter(tiny.llama, {}, (adapter) => {
       perturb(adapter);
       const bytes = writeSafetensors(adapter.exportTensors());
       const state = stateFromPeftTensors(readSafetensors(bytes, "adapter_model.safetensors").tensors, "adapter_model.safetensors");
@@ -225,28 +194,12 @@ describe("DoRA", () => {
   });
 });
 
-function tensorIds(rows: number[][]): tf.Tensor2D {
-  return tf.tensor2d(rows.flat(), [rows.length, rows[0]!.length], "int32");
-}
-
 describe("kubetune merge of PEFT's own dora adapter", () => {
   for (const family of ["llama", "gpt2"] as const) {
     it(`writes a model that gives PEFT's merged logits within 1e-5 (${family})`, async () => {
-      const folder = path.join(FIXTURES, family);
-      const expected = JSON.parse(await readFile(path.join(folder, "logits.json"), "utf8")) as { ids: number[][]; mask: number[][]; merged: number[] };
-      const out = await mkdtemp(path.join(tmpdir(), "kubetune-merge-dora-"));
-      try {
-        const result = await mergeAdapter({ adapter: new TestFolderStore(path.join(folder, "adapter")), base: new TestFolderStore(path.join(folder, "model")), out: new TestFolderStore(out) });
-        expect(result.modules.length).toBeGreaterThan(0);
-        const merged = await loadModel(new TestFolderStore(out));
-        try {
-          expect(relativeError(logitsOf(merged, expected.ids, expected.mask), expected.merged)).toBeLessThan(1e-5);
-        } finally {
-          merged.dispose();
-        }
-      } finally {
-        await rm(out, { recursive: true, force: true });
-      }
+      const { modules, error } = await mergedFixtureError(path.join(FIXTURES, family));
+      expect(modules).toBeGreaterThan(0);
+      expect(error).toBeLessThan(1e-5);
     });
   }
 });
@@ -258,7 +211,7 @@ describe("dora in the training loop", () => {
   });
 
   it("resumes from a checkpoint to the same adapter, byte for byte", async () => {
-    const { straight, resumed, resumedFrom } = await resumedAndStraightOutputs({ type: "dora", dora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj", "down_proj"] } }, ["adapter_model.safetensors"], undefined);
+    const { straight, resumed, resumedFrom } = await resumedAndStraightOutputs({ type: "dora", dora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj", "down_proj"] } }, ["adapter_model.safetensors"]);
     expect(resumedFrom).toBe(4);
     expect(resumed).toEqual(straight);
   });

@@ -1,65 +1,34 @@
 import { readFile, readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { LocalObjectStore } from "../../../storage/local-store.ts";
-import { selectBackend } from "../../backend/backend.ts";
 import { loadModel } from "../../model/loader.ts";
 import type { CausalLM } from "../../model/model.ts";
 import { Rng } from "../../random.ts";
-import { logitsOf, relativeError, sampleIds } from "../../testing/compare.ts";
+import { logitsOf, relativeError } from "../../testing/compare.ts";
 import { checkGradients, float64Weights } from "../../testing/finite-differences.ts";
+import { SAMPLE_IDS as IDS, SAMPLE_MASK as MASK, injectForTest, tensorIds, useTinyLlamaAndGpt2, usingAdapter } from "../../testing/method-tests.ts";
 import { lossesOfTinyRun, resumedAndStraightOutputs } from "../../testing/method-training.ts";
 import { referenceGpt2Logits, referenceLlamaLogits, type ReferenceWeights } from "../../testing/reference.ts";
 import { runTinyJob, writeTinyJob } from "../../testing/tiny-job.ts";
 import { continuation } from "../../train/sample.ts";
 import { lossAndGradients } from "../../train/step.ts";
 import { loadTokenizer } from "../../tokenizer/tokenizer.ts";
-import { TINY_GPT2, TINY_LLAMA, writeTinyModel, type TinyModel } from "../../testing/tiny-models.ts";
 import { getMethod } from "../registry.ts";
 import { fullMethod, type FullFineTuning } from "./model.ts";
 
-const IDS = sampleIds(2, 6, 53);
-const MASK = [
-  [1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 0, 0],
-];
+const tiny = useTinyLlamaAndGpt2();
 
-let llamaFolder: TinyModel;
-let gpt2Folder: TinyModel;
-let llama: CausalLM;
-let gpt2: CausalLM;
-
-beforeAll(async () => {
-  await selectBackend("cpu");
-  llamaFolder = await writeTinyModel(TINY_LLAMA, { seed: 11 });
-  gpt2Folder = await writeTinyModel(TINY_GPT2, { seed: 12 });
-  llama = await loadModel(llamaFolder.store);
-  gpt2 = await loadModel(gpt2Folder.store);
-});
-
-afterAll(async () => {
-  llama.dispose();
-  gpt2.dispose();
-  await rm(llamaFolder.dir, { recursive: true, force: true });
-  await rm(gpt2Folder.dir, { recursive: true, force: true });
-});
-
+/** With full fine-tuning on `model`, runs `body`, then freezes the model again. */
 function withFull<T>(model: CausalLM, body: (adapter: FullFineTuning) => T): T {
-  const adapter = fullMethod.inject(model, {}, { rng: Rng.fromSeed(3), baseModelNameOrPath: "s3://models/tiny" }) as FullFineTuning;
-  try {
-    return body(adapter);
-  } finally {
-    adapter.remove();
-  }
+  return usingAdapter(injectForTest<FullFineTuning>(fullMethod, model, {}), body);
 }
-
-const tensorIds = (rows: number[][]) => tf.tensor2d(rows.flat(), [rows.length, rows[0]!.length], "int32");
 
 describe("full fine-tuning", () => {
   it("is the registry's full method: every weight trains, the model is unchanged at step 0, and remove() freezes it again", () => {
     expect(getMethod("full")).toBe(fullMethod);
-    for (const model of [llama, gpt2]) {
+    for (const model of [tiny.llama, tiny.gpt2]) {
       const base = logitsOf(model, IDS, MASK);
       withFull(model, (adapter) => {
         expect(adapter.trainsBaseWeights).toBe(true);
@@ -72,7 +41,7 @@ describe("full fine-tuning", () => {
         expect(module.wrapper).toBeUndefined();
       }
     }
-    expect(() => fullMethod.inject(llama, { r: 8 }, { rng: Rng.fromSeed(1), baseModelNameOrPath: "x" })).toThrow('spec.method: full fine-tuning has no options, got {"r":8}');
+    expect(() => fullMethod.inject(tiny.llama, { r: 8 }, { rng: Rng.fromSeed(1), baseModelNameOrPath: "x" })).toThrow('spec.method: full fine-tuning has no options, got {"r":8}');
   });
 
   /**
@@ -82,8 +51,8 @@ describe("full fine-tuning", () => {
    */
   for (const family of ["llama", "gpt2"] as const) {
     it(`gradients of every weight match finite differences of the float64 reference (${family})`, () => {
-      const model = family === "llama" ? llama : gpt2;
-      const folder = family === "llama" ? llamaFolder : gpt2Folder;
+      const model = family === "llama" ? tiny.llama : tiny.gpt2;
+      const folder = family === "llama" ? tiny.llamaFolder : tiny.gpt2Folder;
       const reference = family === "llama" ? referenceLlamaLogits : referenceGpt2Logits;
       withFull(model, (adapter) => {
         const variables = adapter.trainableVariables();
@@ -117,14 +86,14 @@ describe("full fine-tuning", () => {
   }
 
   it("the training step's chunked loss (with and without gradient checkpointing) gives every weight the gradient of the plain forward pass (GPT-2, tied head)", () => {
-    withFull(gpt2, (adapter) => {
+    withFull(tiny.gpt2, (adapter) => {
       const ids = IDS.flat();
       const batch = { rows: 2, seqLength: 6, inputIds: Int32Array.from(ids), attentionMask: Int32Array.from(MASK.flat()), labels: Int32Array.from(ids.map((id, i) => (MASK.flat()[i] ? id : -100))) };
       const variables = [...adapter.trainableVariables().values()];
       // The mean next-token cross-entropy from the logits, differentiated by tfjs directly.
       const direct = tf.variableGrads(() =>
         tf.tidy(() => {
-          const logits = gpt2.forward({ inputIds: tensorIds(IDS), attentionMask: tensorIds(MASK), training: true });
+          const logits = tiny.gpt2.forward({ inputIds: tensorIds(IDS), attentionMask: tensorIds(MASK), training: true });
           const logProbs = tf.logSoftmax(tf.slice(logits, [0, 0, 0], [2, 5, logits.shape[2]]));
           const targets = IDS.map((row) => row.slice(1));
           const weights = MASK.map((row) => row.slice(1));

@@ -1,58 +1,27 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
-import * as tf from "@tensorflow/tfjs-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { selectBackend } from "../../backend/backend.ts";
+import { describe, expect, it } from "vitest";
 import { createModelFromStateDict, loadModel } from "../../model/loader.ts";
-import { mergeAdapter } from "../../output/merge.ts";
 import type { CausalLM } from "../../model/model.ts";
 import { Rng } from "../../random.ts";
 import { readSafetensors } from "../../safetensors/safetensors.ts";
-import { logitsOf, relativeError, sampleIds } from "../../testing/compare.ts";
-import { lossesOfTinyRun, resumedAndStraightOutputs } from "../../testing/method-training.ts";
+import { logitsOf, relativeError } from "../../testing/compare.ts";
+import { lossesOfTinyRun, mergedFixtureError, resumedAndStraightOutputs } from "../../testing/method-training.ts";
 import { checkGradients, float64Weights } from "../../testing/finite-differences.ts";
 import { TestFolderStore } from "../../testing/folder-store.ts";
+import { SAMPLE_IDS as IDS, SAMPLE_MASK as MASK, injectForTest, tensorIds, useTinyLlamaAndGpt2, usingAdapter } from "../../testing/method-tests.ts";
 import { referenceGpt2Logits, referenceLlamaLogits, type ReferenceWeights } from "../../testing/reference.ts";
-import { TINY_GPT2, TINY_LLAMA, writeTinyModel, type TinyModel } from "../../testing/tiny-models.ts";
 import { getMethod } from "../registry.ts";
 import { ia3Defaults, resolveIa3Config, type Ia3Options } from "./config.ts";
 import { ia3Method, ia3StateFromPeftTensors, type Ia3Adapter } from "./model.ts";
 
-const IDS = sampleIds(2, 6, 53);
-const MASK = [
-  [1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 0, 0],
-];
 const FIXTURES = path.resolve(import.meta.dirname, "../../../tests/fixtures/hf/methods/ia3");
 
-let llamaFolder: TinyModel;
-let gpt2Folder: TinyModel;
-let llama: CausalLM;
-let gpt2: CausalLM;
+const tiny = useTinyLlamaAndGpt2();
 
-beforeAll(async () => {
-  await selectBackend("cpu");
-  llamaFolder = await writeTinyModel(TINY_LLAMA, { seed: 11 });
-  gpt2Folder = await writeTinyModel(TINY_GPT2, { seed: 12 });
-  llama = await loadModel(llamaFolder.store);
-  gpt2 = await loadModel(gpt2Folder.store);
-});
-
-afterAll(async () => {
-  llama.dispose();
-  gpt2.dispose();
-  await rm(llamaFolder.dir, { recursive: true, force: true });
-  await rm(gpt2Folder.dir, { recursive: true, force: true });
-});
-
+/** With an IA3 adapter (rng seed 3) on `model`, runs `body`, then removes the adapter. */
 function withAdapter<T>(model: CausalLM, options: Ia3Options, body: (adapter: Ia3Adapter) => T): T {
-  const adapter = ia3Method.inject(model, options, { rng: Rng.fromSeed(3), baseModelNameOrPath: "s3://models/tiny" }) as Ia3Adapter;
-  try {
-    return body(adapter);
-  } finally {
-    adapter.remove();
-  }
+  return usingAdapter(injectForTest<Ia3Adapter>(ia3Method, model, options), body);
 }
 
 function perturb(adapter: Ia3Adapter, seed = 9): void {
@@ -61,8 +30,6 @@ function perturb(adapter: Ia3Adapter, seed = 9): void {
   for (const tensor of state.values()) tensor.data = tensor.data.map(() => 1 + rng.uniform(-0.4, 0.4));
   adapter.loadState(state);
 }
-
-const tensorIds = (rows: number[][]) => tf.tensor2d(rows.flat(), [rows.length, rows[0]!.length], "int32");
 
 describe("IA3 configuration", () => {
   it("takes PEFT's targets and feed-forward modules for the architecture", () => {
@@ -79,7 +46,7 @@ describe("IA3 configuration", () => {
       'spec.method.feedforwardModules: "down_proj" must also be in targetModules',
     );
     expect(() => resolveIa3Config({ targetModules: [] }, { architecture: "LlamaForCausalLM" })).toThrow(/^spec\.method\.targetModules: must be a non-empty list/);
-    expect(() => ia3Method.inject(llama, { targetModules: ["k_prj"] }, { rng: Rng.fromSeed(1), baseModelNameOrPath: "x" })).toThrow(
+    expect(() => ia3Method.inject(tiny.llama, { targetModules: ["k_prj"] }, { rng: Rng.fromSeed(1), baseModelNameOrPath: "x" })).toThrow(
       'spec.method.targetModules: "k_prj" matches no linear module of LlamaForCausalLM',
     );
   });
@@ -88,7 +55,7 @@ describe("IA3 configuration", () => {
 describe("IA3", () => {
   it("is the registry's ia3 method, starts as the base model, and scales outputs of attention modules and inputs of feed-forward ones", () => {
     expect(getMethod("ia3")).toBe(ia3Method);
-    for (const model of [llama, gpt2]) {
+    for (const model of [tiny.llama, tiny.gpt2]) {
       const base = logitsOf(model, IDS, MASK);
       withAdapter(model, {}, (adapter) => {
         expect(logitsOf(model, IDS, MASK)).toEqual(base);
@@ -97,7 +64,7 @@ describe("IA3", () => {
         expect(logitsOf(model, IDS, MASK, { disableAdapters: true })).toEqual(base);
       });
     }
-    withAdapter(llama, {}, (adapter) => {
+    withAdapter(tiny.llama, {}, (adapter) => {
       expect([...adapter.exportTensors()].slice(0, 3).map(([name, tensor]) => [name, tensor.shape])).toEqual([
         ["base_model.model.model.layers.0.self_attn.k_proj.ia3_l", [16, 1]],
         ["base_model.model.model.layers.0.self_attn.v_proj.ia3_l", [16, 1]],
@@ -146,8 +113,8 @@ describe("IA3", () => {
     });
 
     it(`gradients match finite differences of the float64 reference with l folded into the weights (${family})`, () => {
-      const model = family === "llama" ? llama : gpt2;
-      const folder = family === "llama" ? llamaFolder : gpt2Folder;
+      const model = family === "llama" ? tiny.llama : tiny.gpt2;
+      const folder = family === "llama" ? tiny.llamaFolder : tiny.gpt2Folder;
       const reference = family === "llama" ? referenceLlamaLogits : referenceGpt2Logits;
       withAdapter(model, {}, (adapter) => {
         perturb(adapter);
@@ -184,21 +151,9 @@ describe("IA3", () => {
 describe("kubetune merge of PEFT's own ia3 adapter", () => {
   for (const family of ["llama", "gpt2"] as const) {
     it(`writes a model that gives PEFT's merged logits within 1e-5 (${family})`, async () => {
-      const folder = path.join(FIXTURES, family);
-      const expected = JSON.parse(await readFile(path.join(folder, "logits.json"), "utf8")) as { ids: number[][]; mask: number[][]; merged: number[] };
-      const out = await mkdtemp(path.join(tmpdir(), "kubetune-merge-ia3-"));
-      try {
-        const result = await mergeAdapter({ adapter: new TestFolderStore(path.join(folder, "adapter")), base: new TestFolderStore(path.join(folder, "model")), out: new TestFolderStore(out) });
-        expect(result.modules.length).toBeGreaterThan(0);
-        const merged = await loadModel(new TestFolderStore(out));
-        try {
-          expect(relativeError(logitsOf(merged, expected.ids, expected.mask), expected.merged)).toBeLessThan(1e-5);
-        } finally {
-          merged.dispose();
-        }
-      } finally {
-        await rm(out, { recursive: true, force: true });
-      }
+      const { modules, error } = await mergedFixtureError(path.join(FIXTURES, family));
+      expect(modules).toBeGreaterThan(0);
+      expect(error).toBeLessThan(1e-5);
     });
   }
 });
@@ -211,7 +166,7 @@ describe("ia3 in the training loop", () => {
   });
 
   it("resumes from a checkpoint to the same adapter, byte for byte", async () => {
-    const { straight, resumed, resumedFrom } = await resumedAndStraightOutputs({ type: "ia3" }, ["adapter_model.safetensors"], "gpt2");
+    const { straight, resumed, resumedFrom } = await resumedAndStraightOutputs({ type: "ia3" }, ["adapter_model.safetensors"], { family: "gpt2" });
     expect(resumedFrom).toBe(4);
     expect(resumed).toEqual(straight);
   });

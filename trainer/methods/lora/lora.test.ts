@@ -1,72 +1,32 @@
-import { rm } from "node:fs/promises";
 import * as tf from "@tensorflow/tfjs-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { selectBackend } from "../../backend/backend.ts";
-import { createModelFromStateDict, loadModel } from "../../model/loader.ts";
+import { describe, expect, it } from "vitest";
+import { createModelFromStateDict } from "../../model/loader.ts";
 import type { CausalLM } from "../../model/model.ts";
 import { Rng } from "../../random.ts";
 import { readSafetensors, writeSafetensors, type TensorMap } from "../../safetensors/safetensors.ts";
-import { logitsOf, relativeError, sampleIds } from "../../testing/compare.ts";
+import { logitsOf, relativeError } from "../../testing/compare.ts";
+import { SAMPLE_IDS as IDS, SAMPLE_MASK as MASK, injectForTest, randomizeLoraB, useTinyLlamaAndGpt2, usingAdapter } from "../../testing/method-tests.ts";
 import { referenceGpt2Logits, referenceLlamaLogits, type ReferenceWeights } from "../../testing/reference.ts";
-import { TINY_GPT2, TINY_LLAMA, writeTinyModel, type TinyModel } from "../../testing/tiny-models.ts";
 import { getMethod, methodTypes } from "../registry.ts";
 import type { LoraAdapter } from "./model.ts";
 import { loraMethod } from "./model.ts";
 import type { LoraOptions } from "./config.ts";
 
-const IDS = sampleIds(2, 6, 53);
-const MASK = [
-  [1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 0, 0],
-];
-
-let llamaFolder: TinyModel;
-let gpt2Folder: TinyModel;
-let llama: CausalLM;
-let gpt2: CausalLM;
-
-beforeAll(async () => {
-  await selectBackend("cpu");
-  llamaFolder = await writeTinyModel(TINY_LLAMA, { seed: 11 });
-  gpt2Folder = await writeTinyModel(TINY_GPT2, { seed: 12 });
-  llama = await loadModel(llamaFolder.store);
-  gpt2 = await loadModel(gpt2Folder.store);
-});
-
-afterAll(async () => {
-  llama.dispose();
-  gpt2.dispose();
-  await rm(llamaFolder.dir, { recursive: true, force: true });
-  await rm(gpt2Folder.dir, { recursive: true, force: true });
-});
+const tiny = useTinyLlamaAndGpt2();
 
 function inject(model: CausalLM, options: LoraOptions = {}, seed = 3): LoraAdapter {
-  return loraMethod.inject(model, options, { rng: Rng.fromSeed(seed), baseModelNameOrPath: "s3://models/tiny" }) as LoraAdapter;
+  return injectForTest<LoraAdapter>(loraMethod, model, options, { seed });
 }
 
-/** Gives every B random values so the adapter changes the output (B starts at zero). */
-function randomizeB(adapter: LoraAdapter, seed = 9): void {
-  const rng = Rng.fromSeed(seed);
-  const state = adapter.saveState();
-  for (const [name, tensor] of state) {
-    if (name.endsWith(".lora_B")) tensor.data = rng.fillUniform(new Float32Array(tensor.data.length), -0.5, 0.5);
-  }
-  adapter.loadState(state);
-}
 
 /** With a fresh adapter on `model`, runs `body`, then removes the adapter whatever happens. */
 function withAdapter<T>(model: CausalLM, options: LoraOptions, body: (adapter: LoraAdapter) => T): T {
-  const adapter = inject(model, options);
-  try {
-    return body(adapter);
-  } finally {
-    adapter.remove();
-  }
+  return usingAdapter(inject(model, options), body);
 }
 
 describe("LoRA injection", () => {
   it("targets q_proj and v_proj of every Llama layer by default, with A [r, in] and B [out, r] in PEFT's names", () => {
-    withAdapter(llama, { r: 4 }, (adapter) => {
+    withAdapter(tiny.llama, { r: 4 }, (adapter) => {
       const tensors = adapter.exportTensors();
       expect([...tensors.keys()]).toEqual([
         "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
@@ -85,8 +45,8 @@ describe("LoRA injection", () => {
   });
 
   it("initialises A from U(-1/sqrt(in), 1/sqrt(in)) with the seed, and B at zero", () => {
-    const first = withAdapter(llama, {}, (adapter) => adapter.exportTensors());
-    const again = withAdapter(llama, {}, (adapter) => adapter.exportTensors());
+    const first = withAdapter(tiny.llama, {}, (adapter) => adapter.exportTensors());
+    const again = withAdapter(tiny.llama, {}, (adapter) => adapter.exportTensors());
     const a = first.get("base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight")!.data;
     expect(Math.max(...a.map(Math.abs))).toBeLessThanOrEqual(1 / Math.sqrt(32));
     expect(Math.max(...a.map(Math.abs))).toBeGreaterThan(0.8 / Math.sqrt(32));
@@ -95,14 +55,14 @@ describe("LoRA injection", () => {
   });
 
   it('targets every linear module but the output head with "all-linear"', () => {
-    withAdapter(llama, { targetModules: "all-linear" }, (adapter) => {
-      expect([...adapter.layers.keys()]).toEqual([...llama.linears.keys()].filter((path) => path !== "lm_head"));
+    withAdapter(tiny.llama, { targetModules: "all-linear" }, (adapter) => {
+      expect([...adapter.layers.keys()]).toEqual([...tiny.llama.linears.keys()].filter((path) => path !== "lm_head"));
       expect(adapter.adapterConfig().target_modules).toEqual(["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]);
     });
   });
 
   it("exports only names that are base_model.model. + a real module path + .lora_A/B.weight", () => {
-    for (const [model, options] of [[llama, { targetModules: "all-linear" }], [gpt2, { targetModules: ["c_attn", "c_fc"] }]] as const) {
+    for (const [model, options] of [[tiny.llama, { targetModules: "all-linear" }], [tiny.gpt2, { targetModules: ["c_attn", "c_fc"] }]] as const) {
       withAdapter(model, options, (adapter) => {
         const bytes = writeSafetensors(adapter.exportTensors());
         const { tensors } = readSafetensors(bytes, "adapter_model.safetensors");
@@ -120,7 +80,7 @@ describe("LoRA injection", () => {
   });
 
   it("writes adapter_config.json with every key PEFT.md lists", () => {
-    withAdapter(llama, { r: 4, alpha: 16, dropout: 0.05, rsLora: true }, (adapter) => {
+    withAdapter(tiny.llama, { r: 4, alpha: 16, dropout: 0.05, rsLora: true }, (adapter) => {
       const config = adapter.adapterConfig();
       expect(config).toMatchObject({
         peft_type: "LORA",
@@ -144,25 +104,25 @@ describe("LoRA injection", () => {
       });
       expect(Object.keys(config)).toEqual(Object.keys(config).sort());
     });
-    withAdapter(gpt2, {}, (adapter) => {
+    withAdapter(tiny.gpt2, {}, (adapter) => {
       expect(adapter.adapterConfig()).toMatchObject({ target_modules: ["c_attn"], fan_in_fan_out: true });
     });
   });
 
   it("rejects targets that match nothing, a tied output head, and invalid options", () => {
-    expect(() => inject(llama, { targetModules: ["q_prj"] })).toThrow(
+    expect(() => inject(tiny.llama, { targetModules: ["q_prj"] })).toThrow(
       'spec.method.targetModules: "q_prj" matches no linear module of LlamaForCausalLM; its linear modules are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head',
     );
-    expect(() => inject(gpt2, { targetModules: ["lm_head"] })).toThrow(/"lm_head" shares its weight with the input embeddings/);
-    expect(() => inject(llama, { r: 0 })).toThrow("spec.method.r: must be a positive integer, got 0");
-    expect(() => inject(llama, { dropout: 1 })).toThrow("spec.method.dropout: must be a number in [0, 1), got 1");
-    expect(() => inject(llama, { targetModules: [] })).toThrow(/^spec\.method\.targetModules: must be "all-linear" or a non-empty list/);
-    for (const module of llama.linears.values()) expect(module.wrapper).toBeUndefined();
+    expect(() => inject(tiny.gpt2, { targetModules: ["lm_head"] })).toThrow(/"lm_head" shares its weight with the input embeddings/);
+    expect(() => inject(tiny.llama, { r: 0 })).toThrow("spec.method.r: must be a positive integer, got 0");
+    expect(() => inject(tiny.llama, { dropout: 1 })).toThrow("spec.method.dropout: must be a number in [0, 1), got 1");
+    expect(() => inject(tiny.llama, { targetModules: [] })).toThrow(/^spec\.method\.targetModules: must be "all-linear" or a non-empty list/);
+    for (const module of tiny.llama.linears.values()) expect(module.wrapper).toBeUndefined();
   });
 
   it("refuses a second adapter on the same modules", () => {
-    withAdapter(llama, {}, () => {
-      expect(() => inject(llama, { targetModules: ["q_proj"] })).toThrow(/already has an adapter/);
+    withAdapter(tiny.llama, {}, () => {
+      expect(() => inject(tiny.llama, { targetModules: ["q_proj"] })).toThrow(/already has an adapter/);
     });
   });
 
@@ -175,24 +135,24 @@ describe("LoRA injection", () => {
 
 describe("LoRA numerics", () => {
   it("gives exactly the base model's logits at initialisation, and again after removal", () => {
-    const base = logitsOf(llama, IDS, MASK);
-    withAdapter(llama, { targetModules: "all-linear", r: 4, alpha: 32 }, (adapter) => {
-      expect(logitsOf(llama, IDS, MASK)).toEqual(base);
-      randomizeB(adapter);
-      expect(logitsOf(llama, IDS, MASK)).not.toEqual(base);
-      expect(logitsOf(llama, IDS, MASK, { disableAdapters: true })).toEqual(base);
+    const base = logitsOf(tiny.llama, IDS, MASK);
+    withAdapter(tiny.llama, { targetModules: "all-linear", r: 4, alpha: 32 }, (adapter) => {
+      expect(logitsOf(tiny.llama, IDS, MASK)).toEqual(base);
+      randomizeLoraB(adapter);
+      expect(logitsOf(tiny.llama, IDS, MASK)).not.toEqual(base);
+      expect(logitsOf(tiny.llama, IDS, MASK, { disableAdapters: true })).toEqual(base);
     });
-    expect(logitsOf(llama, IDS, MASK)).toEqual(base);
+    expect(logitsOf(tiny.llama, IDS, MASK)).toEqual(base);
   });
 
   for (const [name, getModel, options] of [
-    ["Llama, all-linear, rsLoRA", () => llama, { targetModules: "all-linear", r: 4, alpha: 8, rsLora: true }],
-    ["GPT-2 Conv1D modules", () => gpt2, { targetModules: ["c_attn", "c_proj", "c_fc"], r: 2, alpha: 5 }],
+    ["Llama, all-linear, rsLoRA", () => tiny.llama, { targetModules: "all-linear", r: 4, alpha: 8, rsLora: true }],
+    ["GPT-2 Conv1D modules", () => tiny.gpt2, { targetModules: ["c_attn", "c_proj", "c_fc"], r: 2, alpha: 5 }],
   ] as const) {
     it(`merged weights give the adapter's logits within 1e-5 (${name})`, () => {
       const model = getModel();
       withAdapter(model, options, (adapter) => {
-        randomizeB(adapter);
+        randomizeLoraB(adapter);
         const adapted = logitsOf(model, IDS, MASK);
         const merged = createModelFromStateDict(model.config, adapter.merge());
         try {
@@ -207,13 +167,13 @@ describe("LoRA numerics", () => {
   }
 
   it("saves and restores its state exactly", () => {
-    withAdapter(llama, {}, (adapter) => {
-      randomizeB(adapter);
+    withAdapter(tiny.llama, {}, (adapter) => {
+      randomizeLoraB(adapter);
       const saved = adapter.saveState();
-      const logits = logitsOf(llama, IDS, MASK);
-      randomizeB(adapter, 99);
+      const logits = logitsOf(tiny.llama, IDS, MASK);
+      randomizeLoraB(adapter, 99);
       adapter.loadState(saved);
-      expect(logitsOf(llama, IDS, MASK)).toEqual(logits);
+      expect(logitsOf(tiny.llama, IDS, MASK)).toEqual(logits);
       const wrongShape: TensorMap = new Map(saved);
       wrongShape.set("model.layers.0.self_attn.q_proj.lora_A", { shape: [2, 2], data: new Float32Array(4) });
       expect(() => adapter.loadState(wrongShape)).toThrow('LoRA state: tensor "model.layers.0.self_attn.q_proj.lora_A" has shape [2, 2], expected [32, 8]');
@@ -222,13 +182,13 @@ describe("LoRA numerics", () => {
 
   it("applies seeded inverted dropout in training only", () => {
     const run = (training: boolean) =>
-      withAdapter(llama, { dropout: 0.5 }, (adapter) => {
-        randomizeB(adapter);
-        return logitsOf(llama, IDS, MASK, { training });
+      withAdapter(tiny.llama, { dropout: 0.5 }, (adapter) => {
+        randomizeLoraB(adapter);
+        return logitsOf(tiny.llama, IDS, MASK, { training });
       });
-    const evaluation = withAdapter(llama, { dropout: 0 }, (adapter) => {
-      randomizeB(adapter);
-      return logitsOf(llama, IDS, MASK);
+    const evaluation = withAdapter(tiny.llama, { dropout: 0 }, (adapter) => {
+      randomizeLoraB(adapter);
+      return logitsOf(tiny.llama, IDS, MASK);
     });
     expect(run(false)).toEqual(evaluation);
     expect(run(true)).toEqual(run(true));
@@ -243,12 +203,12 @@ describe("LoRA numerics", () => {
 describe("LoRA gradients match finite differences of the float64 reference", () => {
   for (const family of ["llama", "gpt2"] as const) {
     it(family, () => {
-      const model = family === "llama" ? llama : gpt2;
-      const folder = family === "llama" ? llamaFolder : gpt2Folder;
+      const model = family === "llama" ? tiny.llama : tiny.gpt2;
+      const folder = family === "llama" ? tiny.llamaFolder : tiny.gpt2Folder;
       const reference = family === "llama" ? referenceLlamaLogits : referenceGpt2Logits;
       const options: LoraOptions = family === "llama" ? { targetModules: ["q_proj", "v_proj", "down_proj"], r: 2, alpha: 6 } : { targetModules: ["c_attn", "c_fc"], r: 2, alpha: 6 };
       withAdapter(model, options, (adapter) => {
-        randomizeB(adapter);
+        randomizeLoraB(adapter);
         const vocab = model.config.vocabSize;
         const coefficients = Rng.fromSeed(21).fillUniform(new Float32Array(IDS.length * IDS[0]!.length * vocab), -1, 1);
 

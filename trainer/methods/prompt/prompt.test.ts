@@ -1,20 +1,18 @@
 import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { FineTuneJob } from "../../../api/index.ts";
-import { selectBackend } from "../../backend/backend.ts";
+import { afterAll, describe, expect, it } from "vitest";
 import { IGNORE_INDEX } from "../../data/encode.ts";
 import { loadModel } from "../../model/loader.ts";
 import type { CausalLM } from "../../model/model.ts";
-import { Rng } from "../../random.ts";
-import { logitsOf, relativeError, sampleIds } from "../../testing/compare.ts";
+import { logitsOf, relativeError } from "../../testing/compare.ts";
+import { checkGradients } from "../../testing/finite-differences.ts";
 import { TestFolderStore } from "../../testing/folder-store.ts";
+import { SAMPLE_IDS as IDS, SAMPLE_MASK as MASK, injectForTest, maxAbsDifference, tensorIds, useTinyLlamaAndGpt2, usingAdapter } from "../../testing/method-tests.ts";
+import { lossesOfTinyRun, resumedAndStraightOutputs } from "../../testing/method-training.ts";
 import { referenceGpt2Logits, referenceLlamaLogits, type ReferenceWeights } from "../../testing/reference.ts";
 import { runTinyJob, writeTinyJob, type TinyJob } from "../../testing/tiny-job.ts";
-import { TINY_GPT2, TINY_LLAMA, writeTinyModel, type TinyModel } from "../../testing/tiny-models.ts";
 import { loadTokenizer } from "../../tokenizer/tokenizer.ts";
-import type { ProgressEvent } from "../../train/progress.ts";
 import { greedyDecode } from "../../train/sample.ts";
 import { evalBatchLoss } from "../../train/step.ts";
 import type { InjectContext } from "../method.ts";
@@ -23,52 +21,21 @@ import { initTokenIds, type PromptOptions } from "./config.ts";
 import { promptMethod, type PromptAdapter } from "./model.ts";
 import { adapterLogits, checkInPeft, FIXTURES, huggingFacePython, loadFixture } from "./testing.ts";
 
-const IDS = sampleIds(2, 6, 53);
-const MASK = [
-  [1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 0, 0],
-];
-
-let llamaFolder: TinyModel;
-let gpt2Folder: TinyModel;
-let llama: CausalLM;
-let gpt2: CausalLM;
+const tiny = useTinyLlamaAndGpt2();
 const jobs: TinyJob[] = [];
 
-beforeAll(async () => {
-  await selectBackend("cpu");
-  llamaFolder = await writeTinyModel(TINY_LLAMA, { seed: 11 });
-  gpt2Folder = await writeTinyModel(TINY_GPT2, { seed: 12 });
-  llama = await loadModel(llamaFolder.store);
-  gpt2 = await loadModel(gpt2Folder.store);
-});
-
 afterAll(async () => {
-  llama.dispose();
-  gpt2.dispose();
-  await rm(llamaFolder.dir, { recursive: true, force: true });
-  await rm(gpt2Folder.dir, { recursive: true, force: true });
   for (const job of jobs) await rm(job.dir, { recursive: true, force: true });
 });
 
 function inject(model: CausalLM, options: PromptOptions = {}, context: Partial<InjectContext> = {}): PromptAdapter {
-  return promptMethod.inject(model, options, { rng: Rng.fromSeed(3), baseModelNameOrPath: "s3://models/tiny", ...context }) as PromptAdapter;
+  return injectForTest<PromptAdapter>(promptMethod, model, options, context);
 }
 
-async function withAdapter<T>(model: CausalLM, options: PromptOptions, body: (adapter: PromptAdapter) => T | Promise<T>): Promise<T> {
-  const adapter = inject(model, options);
-  try {
-    return await body(adapter);
-  } finally {
-    adapter.remove();
-  }
+/** With a prompt adapter on `model`, runs `body` (sync or async), then removes the adapter. */
+function withAdapter<T>(model: CausalLM, options: PromptOptions, body: (adapter: PromptAdapter) => T): T {
+  return usingAdapter(inject(model, options), body);
 }
-
-const maxAbsDifference = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
-  return max;
-};
 
 const comparableConfig = (config: Record<string, unknown>) => {
   const { peft_version: _version, base_model_name_or_path: _base, tokenizer_name_or_path: _tokenizer, ...rest } = config;
@@ -77,7 +44,7 @@ const comparableConfig = (config: Record<string, unknown>) => {
 
 describe("prompt tuning", () => {
   it("has one [numVirtualTokens, hidden] embedding, N(0, 1) from the seed, saved as prompt_embeddings", async () => {
-    await withAdapter(llama, { numVirtualTokens: 30 }, (adapter) => {
+    await withAdapter(tiny.llama, { numVirtualTokens: 30 }, (adapter) => {
       const exported = adapter.exportTensors();
       expect([...exported.keys()]).toEqual(["prompt_embeddings"]);
       const { shape, data } = exported.get("prompt_embeddings")!;
@@ -92,8 +59,8 @@ describe("prompt tuning", () => {
   });
 
   it("returns logits for the input's own positions only, and the base model's with disableAdapters", async () => {
-    const base = logitsOf(llama, IDS, MASK);
-    await withAdapter(llama, { numVirtualTokens: 3 }, (adapter) => {
+    const base = logitsOf(tiny.llama, IDS, MASK);
+    await withAdapter(tiny.llama, { numVirtualTokens: 3 }, (adapter) => {
       const adapted = adapterLogits(adapter, IDS, MASK);
       expect(adapted.length).toBe(base.length);
       expect(relativeError(adapted, base)).toBeGreaterThan(1e-2);
@@ -103,10 +70,10 @@ describe("prompt tuning", () => {
   });
 
   it("decodes greedily from the adapter's logits at the last real position (sampling skips the virtual tokens)", async () => {
-    await withAdapter(llama, { numVirtualTokens: 4 }, (adapter) => {
+    await withAdapter(tiny.llama, { numVirtualTokens: 4 }, (adapter) => {
       const prompt = IDS[0]!;
       const logits = adapterLogits(adapter, [prompt]);
-      const vocab = llama.config.vocabSize;
+      const vocab = tiny.llama.config.vocabSize;
       const last = logits.subarray((prompt.length - 1) * vocab, prompt.length * vocab);
       const expected = last.indexOf(Math.max(...last));
       expect(greedyDecode(adapter, prompt, { maxNewTokens: 1, maxLength: 32 })).toEqual([expected]);
@@ -114,11 +81,11 @@ describe("prompt tuning", () => {
   });
 
   it("refuses invalid options with the field's path", () => {
-    expect(() => inject(llama, { init: "TEXT" })).toThrow("spec.method.initText: is required when init is TEXT");
-    expect(() => inject(llama, { initText: "hello" })).toThrow("spec.method.initText: is only used when init is TEXT");
-    expect(() => inject(llama, { init: "SAMPLE_VOCAB" as "TEXT" })).toThrow('spec.method.init: must be RANDOM or TEXT, got "SAMPLE_VOCAB"');
-    expect(() => inject(llama, { numVirtualTokens: 1.5 })).toThrow("spec.method.numVirtualTokens: must be an integer from 1 to 512, got 1.5");
-    expect(() => inject(llama, { init: "TEXT", initText: "hello" })).toThrow("spec.method.init: TEXT needs the model's tokenizer");
+    expect(() => inject(tiny.llama, { init: "TEXT" })).toThrow("spec.method.initText: is required when init is TEXT");
+    expect(() => inject(tiny.llama, { initText: "hello" })).toThrow("spec.method.initText: is only used when init is TEXT");
+    expect(() => inject(tiny.llama, { init: "SAMPLE_VOCAB" as "TEXT" })).toThrow('spec.method.init: must be RANDOM or TEXT, got "SAMPLE_VOCAB"');
+    expect(() => inject(tiny.llama, { numVirtualTokens: 1.5 })).toThrow("spec.method.numVirtualTokens: must be an integer from 1 to 512, got 1.5");
+    expect(() => inject(tiny.llama, { init: "TEXT", initText: "hello" })).toThrow("spec.method.init: TEXT needs the model's tokenizer");
     expect(getMethod("prompt")).toBe(promptMethod);
   });
 
@@ -177,85 +144,49 @@ describe("prompt tuning matches Hugging Face PEFT (fixtures from scripts/hf/make
 describe("prompt gradients match finite differences of the float64 reference", () => {
   for (const family of ["llama", "gpt2"] as const) {
     it(family, async () => {
-      const model = family === "llama" ? llama : gpt2;
-      const folder = family === "llama" ? llamaFolder : gpt2Folder;
+      const model = family === "llama" ? tiny.llama : tiny.gpt2;
+      const folder = family === "llama" ? tiny.llamaFolder : tiny.gpt2Folder;
       const reference = family === "llama" ? referenceLlamaLogits : referenceGpt2Logits;
       const embeddingName = family === "llama" ? "model.embed_tokens.weight" : "transformer.wte.weight";
       const tokens = 2;
       await withAdapter(model, { numVirtualTokens: tokens }, (adapter) => {
         const { vocabSize: vocab, hiddenSize: hidden } = model.config;
-        const coefficients = Rng.fromSeed(21).fillUniform(new Float32Array(IDS.length * IDS[0]!.length * vocab), -1, 1);
-        const variable = adapter.trainableVariables().get("prompt_encoder.embedding.weight")!;
-        const { value, grads } = tf.variableGrads(
-          () =>
-            tf.tidy(() => {
-              const logits = adapter.forward({ inputIds: tf.tensor2d(IDS.flat(), [2, 6], "int32"), attentionMask: tf.tensor2d(MASK.flat(), [2, 6], "int32") });
-              return tf.sum(tf.mul(logits, tf.tensor(coefficients, logits.shape)));
-            }) as tf.Scalar,
-          [variable],
-        );
-        const prompt = Float64Array.from(variable.dataSync());
+        const name = "prompt_encoder.embedding.weight";
         const embedding = folder.weights.get(embeddingName)!;
         const virtualIds = Array.from({ length: tokens }, (_, i) => vocab + i);
-        const loss = () => {
-          const weights = new Map<string, { shape: readonly number[]; data: ArrayLike<number> }>(folder.weights);
-          const extended = new Float64Array(embedding.data.length + prompt.length);
-          extended.set(embedding.data);
-          extended.set(prompt, embedding.data.length);
-          weights.set(embeddingName, { shape: [vocab + tokens, hidden], data: extended });
-          const logits = reference(folder.config, weights as ReferenceWeights, {
-            ids: IDS.map((row) => [...virtualIds, ...row]),
-            mask: MASK.map((row) => [...virtualIds.map(() => 1), ...row]),
-          });
-          let sum = 0;
-          logits.forEach((rows, b) => rows.slice(tokens).forEach((position, t) => position.forEach((v, k) => (sum += v * coefficients[(b * 6 + t) * vocab + k]!))));
-          return sum;
-        };
-        expect(Math.abs(loss() - value.dataSync()[0]!) / Math.abs(loss())).toBeLessThan(1e-5);
-
-        const epsilon = 1e-5;
-        const gradient = grads[variable.name]!.dataSync();
-        const analytic: number[] = [];
-        const numeric: number[] = [];
-        for (let index = 0; index < prompt.length; index += 2) {
-          const original = prompt[index]!;
-          prompt[index] = original + epsilon;
-          const plus = loss();
-          prompt[index] = original - epsilon;
-          const minus = loss();
-          prompt[index] = original;
-          numeric.push((plus - minus) / (2 * epsilon));
-          analytic.push(gradient[index]!);
-        }
-        expect(Math.max(...numeric.map(Math.abs))).toBeGreaterThan(1e-2);
-        expect(relativeError(analytic, numeric)).toBeLessThan(1e-4);
-        tf.dispose([value, ...Object.values(grads)]);
+        const result = checkGradients({
+          forward: () => adapter.forward({ inputIds: tensorIds(IDS), attentionMask: tensorIds(MASK) }),
+          variables: new Map([[name, adapter.trainableVariables().get(name)!]]),
+          // The reference reads the virtual tokens from the embedding matrix extended by the prompt.
+          referenceLogits: (parameters) => {
+            const prompt = parameters.get(name)!;
+            const weights = new Map<string, { shape: readonly number[]; data: ArrayLike<number> }>(folder.weights);
+            const extended = new Float64Array(embedding.data.length + prompt.length);
+            extended.set(embedding.data);
+            extended.set(prompt, embedding.data.length);
+            weights.set(embeddingName, { shape: [vocab + tokens, hidden], data: extended });
+            const logits = reference(folder.config, weights as ReferenceWeights, {
+              ids: IDS.map((row) => [...virtualIds, ...row]),
+              mask: MASK.map((row) => [...virtualIds.map(() => 1), ...row]),
+            });
+            // The logits of the input's own positions, as the adapter gives them.
+            return logits.map((rows) => rows.slice(tokens)).flat(2);
+          },
+          stride: 2,
+        });
+        expect(Math.abs(result.referenceValue - result.value) / Math.abs(result.referenceValue)).toBeLessThan(1e-5);
+        expect(Math.max(...result.numeric.map(Math.abs))).toBeGreaterThan(1e-2);
+        expect(relativeError(result.analytic, result.numeric)).toBeLessThan(1e-4);
       });
     });
   }
 });
 
-const steps = (events: ProgressEvent[]) => events.filter((event): event is Extract<ProgressEvent, { event: "step" }> => event.event === "step");
-
 describe("prompt tuning in the training loop", () => {
-  async function tinyJob(spec: Partial<FineTuneJob["spec"]>): Promise<TinyJob> {
-    const job = await writeTinyJob({ spec });
-    jobs.push(job);
-    return job;
-  }
-
   it("lowers the loss on a learnable task", async () => {
-    const job = await tinyJob({
-      method: { type: "prompt", prompt: { numVirtualTokens: 8 } },
-      hyperparameters: { maxSteps: 60, batchSize: 4, learningRate: 0.2, scheduler: "constant", seed: 7 },
-      checkpoint: { everySteps: 1000 },
-    });
-    const { result, events } = await runTinyJob(job);
-    const losses = steps(events).map((event) => event.loss);
-    const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
-    expect(result.status).toBe("completed");
+    const { first, last } = await lossesOfTinyRun({ type: "prompt", prompt: { numVirtualTokens: 8 } }, { maxSteps: 60, learningRate: 0.2 });
     // Eight input vectors steer a frozen random model less than LoRA's weights do: about -25% in 60 steps.
-    expect(mean(losses.slice(-5))).toBeLessThan(mean(losses.slice(0, 3)) * 0.85);
+    expect(last).toBeLessThan(first * 0.85);
   });
 
   it("refuses, before training, virtual tokens that push GPT-2's inputs past n_positions", async () => {
@@ -269,24 +200,15 @@ describe("prompt tuning in the training loop", () => {
   });
 
   it("continues a stopped run from its checkpoint to the same adapter, byte for byte (TEXT init, gradient checkpointing)", async () => {
-    const spec: Partial<FineTuneJob["spec"]> = {
-      dataset: { train: "data/train.jsonl", format: "text", maxSeqLength: 32, evalFraction: 0.25 },
-      method: { type: "prompt", prompt: { numVirtualTokens: 5, init: "TEXT", initText: "Hello world" } },
-      hyperparameters: { maxSteps: 6, batchSize: 2, gradientAccumulation: 2, learningRate: 0.05, warmupSteps: 2, weightDecay: 0.01, evalEverySteps: 3, seed: 11 },
-      checkpoint: { everySteps: 3, keep: 2 },
-      trainer: { backend: "cpu", gradientCheckpointing: true },
-    };
-    const uninterrupted = await tinyJob(spec);
-    await runTinyJob(uninterrupted);
-    const interrupted = await tinyJob(spec);
-    const controller = new AbortController();
-    const first = await runTinyJob(interrupted, {}, { signal: controller.signal, onProgress: (event) => event.event === "step" && event.step === 3 && controller.abort() });
-    expect(first.result).toMatchObject({ status: "stopped", step: 3 });
-    const second = await runTinyJob(interrupted);
-    expect(second.result.status).toBe("completed");
-    const read = (job: TinyJob, file: string) => readFile(path.join(job.dir, "out", file));
-    expect(await read(interrupted, "adapter_model.safetensors")).toEqual(await read(uninterrupted, "adapter_model.safetensors"));
-    const config = JSON.parse((await read(interrupted, "adapter_config.json")).toString());
+    const method = { type: "prompt", prompt: { numVirtualTokens: 5, init: "TEXT", initText: "Hello world" } } as const;
+    const { straight, resumed, resumedFrom } = await resumedAndStraightOutputs(method, ["adapter_model.safetensors", "adapter_config.json"], {
+      hyperparameters: { maxSteps: 6, learningRate: 0.05 },
+      spec: { trainer: { backend: "cpu", gradientCheckpointing: true } },
+      stopAtStep: 3,
+    });
+    expect(resumedFrom).toBe(3);
+    expect(resumed[0]).toEqual(straight[0]);
+    const config = JSON.parse(resumed[1]!.toString());
     expect(config).toMatchObject({ peft_type: "PROMPT_TUNING", prompt_tuning_init: "TEXT", prompt_tuning_init_text: "Hello world", num_virtual_tokens: 5 });
   });
 });
@@ -296,8 +218,8 @@ const python = huggingFacePython();
 describe.skipIf(!python)("the export loads in Hugging Face PEFT", () => {
   for (const family of ["llama", "gpt2"] as const) {
     it(`${family}: no missing or unexpected keys, PEFT's logits and loss equal the trainer's`, async () => {
-      const model = family === "llama" ? llama : gpt2;
-      const folder = family === "llama" ? llamaFolder : gpt2Folder;
+      const model = family === "llama" ? tiny.llama : tiny.gpt2;
+      const folder = family === "llama" ? tiny.llamaFolder : tiny.gpt2Folder;
       await withAdapter(model, { numVirtualTokens: 3 }, async (adapter) => {
         // The first label is ignored, as in prompt/completion data: PEFT's loss also asks the last
         // virtual token to predict the first input token, which the trainer does not (docs/prompt-methods.md).

@@ -1,19 +1,17 @@
-import { readFile, rm } from "node:fs/promises";
-import path from "node:path";
+import { rm } from "node:fs/promises";
 import * as tf from "@tensorflow/tfjs-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { FineTuneJob } from "../../../api/index.ts";
-import { selectBackend } from "../../backend/backend.ts";
 import { IGNORE_INDEX } from "../../data/encode.ts";
 import { loadModel } from "../../model/loader.ts";
 import type { CausalLM } from "../../model/model.ts";
 import { Rng } from "../../random.ts";
 import { relativeError } from "../../testing/compare.ts";
+import { checkGradients } from "../../testing/finite-differences.ts";
+import { injectForTest, maxAbsDifference, tensorIds, useTinyLlamaAndGpt2, usingAdapter } from "../../testing/method-tests.ts";
+import { lossesOfTinyRun, resumedAndStraightOutputs } from "../../testing/method-training.ts";
 import { referenceLlamaLogits, type ReferenceInputs, type ReferenceWeights } from "../../testing/reference.ts";
-import { runTinyJob, writeTinyJob, type TinyJob } from "../../testing/tiny-job.ts";
-import { TINY_GEMMA3, TINY_GPT2, TINY_LLAMA, TINY_PHI3, TINY_QWEN3, writeTinyModel, type TinyModel } from "../../testing/tiny-models.ts";
+import { TINY_GEMMA3, TINY_PHI3, TINY_QWEN3, writeTinyModel, type TinyModel } from "../../testing/tiny-models.ts";
 import { testTokenizer } from "../../tokenizer/test-tokenizer.ts";
-import type { ProgressEvent } from "../../train/progress.ts";
 import { evalBatchLoss } from "../../train/step.ts";
 import type { Adapter } from "../method.ts";
 import type { PrefixAdapter } from "../prefix/model.ts";
@@ -31,21 +29,12 @@ const IDS = [
 ];
 const MASK = [IDS[0]!.map(() => 1), IDS[1]!.map((_, t) => (t < 4 ? 1 : 0))];
 
-let llamaFolder: TinyModel;
-let gpt2Folder: TinyModel;
-let llama: CausalLM;
-let gpt2: CausalLM;
+const tiny = useTinyLlamaAndGpt2({ vocabSize: tokenizer.vocabSize });
 /** The architectures whose keys differ from Llama's: q/k norms (Qwen3, Gemma 3), a local rotary base and sliding layers (Gemma 3), fused qkv_proj and partial rotary (Phi-3). */
 const others = new Map<string, { folder: TinyModel; model: CausalLM }>();
 const OTHER_CONFIGS = { qwen3: TINY_QWEN3, gemma3: TINY_GEMMA3, phi3: TINY_PHI3 };
-const jobs: TinyJob[] = [];
 
 beforeAll(async () => {
-  await selectBackend("cpu");
-  llamaFolder = await writeTinyModel({ ...TINY_LLAMA, vocab_size: tokenizer.vocabSize }, { seed: 11 });
-  gpt2Folder = await writeTinyModel({ ...TINY_GPT2, vocab_size: tokenizer.vocabSize }, { seed: 12 });
-  llama = await loadModel(llamaFolder.store);
-  gpt2 = await loadModel(gpt2Folder.store);
   for (const [name, config] of Object.entries(OTHER_CONFIGS)) {
     const folder = await writeTinyModel({ ...config, vocab_size: tokenizer.vocabSize }, { seed: 13 });
     others.set(name, { folder, model: await loadModel(folder.store) });
@@ -53,35 +42,20 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  llama.dispose();
-  gpt2.dispose();
-  await rm(llamaFolder.dir, { recursive: true, force: true });
-  await rm(gpt2Folder.dir, { recursive: true, force: true });
   for (const { folder, model } of others.values()) {
     model.dispose();
     await rm(folder.dir, { recursive: true, force: true });
   }
-  for (const job of jobs) await rm(job.dir, { recursive: true, force: true });
 });
 
 function inject(model: CausalLM, options: SkTuningOptions): Adapter {
-  return skTuningMethod.inject(model, options, { rng: Rng.fromSeed(3), baseModelNameOrPath: "s3://models/tiny", tokenizer });
+  return injectForTest(skTuningMethod, model, options, { tokenizer });
 }
 
-async function withAdapter<T>(model: CausalLM, options: SkTuningOptions, body: (adapter: Adapter) => T | Promise<T>): Promise<T> {
-  const adapter = inject(model, options);
-  try {
-    return await body(adapter);
-  } finally {
-    adapter.remove();
-  }
+/** With an SK-tuning adapter on `model`, runs `body` (sync or async), then removes the adapter. */
+function withAdapter<T>(model: CausalLM, options: SkTuningOptions, body: (adapter: Adapter) => T): T {
+  return usingAdapter(inject(model, options), body);
 }
-
-const maxAbsDifference = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
-  return max;
-};
 
 /** The base model's logits for each row with `lead` written before it, at the row's own positions. */
 function baseLogitsAfter(model: CausalLM, lead: number[]): Float32Array {
@@ -111,7 +85,7 @@ describe("SK-tuning's meaningful words", () => {
 
 describe("SK-tuning starts from the frozen model's reading of the description", () => {
   const lead = () => descriptionTokens(DESCRIPTION, tokenizer);
-  const modelOf = (family: string) => (family === "llama" ? llama : family === "gpt2" ? gpt2 : others.get(family)!.model);
+  const modelOf = (family: string) => (family === "llama" ? tiny.llama : family === "gpt2" ? tiny.gpt2 : others.get(family)!.model);
   for (const family of ["llama", "gpt2", ...Object.keys(OTHER_CONFIGS)]) {
     for (const variant of ["prompt", "prefix"] as const) {
       for (const projection of [false, true]) {
@@ -132,26 +106,26 @@ describe("SK-tuning starts from the frozen model's reading of the description", 
 
   it("exports a PEFT prefix-tuning or prompt-tuning adapter as long as the meaningful words' tokens", async () => {
     const tokens = lead().length;
-    await withAdapter(llama, { description: DESCRIPTION, variant: "prefix" }, (adapter) => {
+    await withAdapter(tiny.llama, { description: DESCRIPTION, variant: "prefix" }, (adapter) => {
       expect(adapter.type).toBe("skTuning");
       expect(adapter.exportTensors().get("prompt_embeddings")!.shape).toEqual([tokens, 2 * 2 * 16]);
       expect(adapter.adapterConfig()).toMatchObject({ peft_type: "PREFIX_TUNING", num_virtual_tokens: tokens, prefix_projection: false, token_dim: 16 });
       expect(() => adapter.merge()).toThrow(/nothing to merge/);
     });
-    await withAdapter(llama, { description: DESCRIPTION, variant: "prompt", projection: true }, (adapter) => {
+    await withAdapter(tiny.llama, { description: DESCRIPTION, variant: "prompt", projection: true }, (adapter) => {
       expect(adapter.exportTensors().get("prompt_embeddings")!.shape).toEqual([tokens, 32]);
       expect(adapter.adapterConfig()).toMatchObject({ peft_type: "PROMPT_TUNING", num_virtual_tokens: tokens, prompt_tuning_init: "RANDOM" });
       expect(adapter.trainableParameterCount()).toBe(32 * 32 + 32);
     });
-    await withAdapter(llama, { description: DESCRIPTION, variant: "prefix", projection: true }, (adapter) => {
+    await withAdapter(tiny.llama, { description: DESCRIPTION, variant: "prefix", projection: true }, (adapter) => {
       // A map per layer and per key/value over head_dim 8.
       expect(adapter.trainableParameterCount()).toBe(2 * 2 * (8 * 8 + 8));
     });
   });
 
   it("refuses invalid options with the field's path", () => {
-    expect(() => inject(llama, {})).toThrow(/^spec\.method\.description: is required/);
-    expect(() => inject(llama, { description: DESCRIPTION, variant: "both" as "prefix" })).toThrow('spec.method.variant: must be prefix or prompt, got "both"');
+    expect(() => inject(tiny.llama, {})).toThrow(/^spec\.method\.description: is required/);
+    expect(() => inject(tiny.llama, { description: DESCRIPTION, variant: "both" as "prefix" })).toThrow('spec.method.variant: must be prefix or prompt, got "both"');
     expect(getMethod("skTuning")).toBe(skTuningMethod);
   });
 });
@@ -159,7 +133,7 @@ describe("SK-tuning starts from the frozen model's reading of the description", 
 /** dL/d(the projection map) against finite differences of the float64 reference (prefix variant). */
 describe("SK-tuning gradients match finite differences of the float64 reference", () => {
   it("prefix variant with projection, Llama", async () => {
-    await withAdapter(llama, { description: DESCRIPTION, variant: "prefix", projection: true }, (adapter) => {
+    await withAdapter(tiny.llama, { description: DESCRIPTION, variant: "prefix", projection: true }, (adapter) => {
       const { numLayers, keyValueHeads, headDim, tokenDim } = (adapter as PrefixAdapter).geometry;
       const tokens = (adapter as PrefixAdapter).virtualTokens;
       const variables = adapter.trainableVariables();
@@ -182,99 +156,46 @@ describe("SK-tuning gradients match finite differences of the float64 reference"
         tf.dispose([saved, identity, savedBias]);
         return table;
       })();
-      const vocab = llama.config.vocabSize;
-      const coefficients = Rng.fromSeed(21).fillUniform(new Float32Array(2 * 6 * vocab), -1, 1);
-      const { value, grads } = tf.variableGrads(
-        () =>
-          tf.tidy(() => {
-            const logits = adapter.forward({ inputIds: tf.tensor2d(IDS.flat(), [2, 6], "int32"), attentionMask: tf.tensor2d(MASK.flat(), [2, 6], "int32") });
-            return tf.sum(tf.mul(logits, tf.tensor(coefficients, logits.shape)));
-          }) as tf.Scalar,
-        [...variables.values()],
-      );
-      const parameters = new Map([...adapter.saveState()].map(([name, t]) => [name, Float64Array.from(t.data)]));
-      const loss = () => {
-        const w = parameters.get("sk_tuning.key_value_projection.weight")!;
-        const b = parameters.get("sk_tuning.key_value_projection.bias")!;
-        const slot = (s: number) => [
-          Array.from({ length: keyValueHeads }, (_, h) =>
-            Array.from({ length: tokens }, (_, t) =>
-              Array.from({ length: headDim }, (_, o) => {
-                let sum = b[s * headDim + o]!;
-                for (let i = 0; i < headDim; i++) sum += frozen[t * 2 * numLayers * tokenDim + s * tokenDim + h * headDim + i]! * w[s * headDim * headDim + i * headDim + o]!;
-                return sum;
-              }),
+      const result = checkGradients({
+        forward: () => adapter.forward({ inputIds: tensorIds(IDS), attentionMask: tensorIds(MASK) }),
+        variables,
+        referenceLogits: (parameters) => {
+          const w = parameters.get("sk_tuning.key_value_projection.weight")!;
+          const b = parameters.get("sk_tuning.key_value_projection.bias")!;
+          const slot = (s: number) => [
+            Array.from({ length: keyValueHeads }, (_, h) =>
+              Array.from({ length: tokens }, (_, t) =>
+                Array.from({ length: headDim }, (_, o) => {
+                  let sum = b[s * headDim + o]!;
+                  for (let i = 0; i < headDim; i++) sum += frozen[t * 2 * numLayers * tokenDim + s * tokenDim + h * headDim + i]! * w[s * headDim * headDim + i * headDim + o]!;
+                  return sum;
+                }),
+              ),
             ),
-          ),
-        ];
-        const prefix: ReferenceInputs["prefix"] = Array.from({ length: numLayers }, (_, i) => ({ key: slot(2 * i), value: slot(2 * i + 1) }));
-        const logits = referenceLlamaLogits(llamaFolder.config, llamaFolder.weights as ReferenceWeights, { ids: IDS, mask: MASK, prefix }).flat(2);
-        return logits.reduce((sum, v, i) => sum + v * coefficients[i]!, 0);
-      };
-      expect(Math.abs(loss() - value.dataSync()[0]!) / Math.abs(loss())).toBeLessThan(1e-5);
-      const epsilon = 1e-5;
-      const analytic: number[] = [];
-      const numeric: number[] = [];
-      for (const [name, variable] of variables) {
-        const gradient = grads[variable.name]!.dataSync();
-        const entry = parameters.get(name)!;
-        for (let index = 0; index < entry.length; index += 3) {
-          const original = entry[index]!;
-          entry[index] = original + epsilon;
-          const plus = loss();
-          entry[index] = original - epsilon;
-          const minus = loss();
-          entry[index] = original;
-          numeric.push((plus - minus) / (2 * epsilon));
-          analytic.push(gradient[index]!);
-        }
-      }
-      expect(Math.max(...numeric.map(Math.abs))).toBeGreaterThan(1e-2);
-      expect(relativeError(analytic, numeric)).toBeLessThan(1e-4);
-      tf.dispose([value, ...Object.values(grads)]);
+          ];
+          const prefix: ReferenceInputs["prefix"] = Array.from({ length: numLayers }, (_, i) => ({ key: slot(2 * i), value: slot(2 * i + 1) }));
+          return referenceLlamaLogits(tiny.llamaFolder.config, tiny.llamaFolder.weights as ReferenceWeights, { ids: IDS, mask: MASK, prefix }).flat(2);
+        },
+        stride: 3,
+      });
+      expect(Math.abs(result.referenceValue - result.value) / Math.abs(result.referenceValue)).toBeLessThan(1e-5);
+      expect(Math.max(...result.numeric.map(Math.abs))).toBeGreaterThan(1e-2);
+      expect(relativeError(result.analytic, result.numeric)).toBeLessThan(1e-4);
     });
   });
 });
 
-const steps = (events: ProgressEvent[]) => events.filter((event): event is Extract<ProgressEvent, { event: "step" }> => event.event === "step");
-
 describe("SK-tuning in the training loop", () => {
-  async function tinyJob(spec: Partial<FineTuneJob["spec"]>): Promise<TinyJob> {
-    const job = await writeTinyJob({ spec });
-    jobs.push(job);
-    return job;
-  }
-
   it("lowers the loss on a learnable task (prefix variant)", async () => {
-    const job = await tinyJob({
-      method: { type: "skTuning", skTuning: { description: DESCRIPTION, variant: "prefix" } },
-      hyperparameters: { maxSteps: 60, batchSize: 4, learningRate: 0.2, scheduler: "constant", seed: 7 },
-      checkpoint: { everySteps: 1000 },
-    });
-    const { result, events } = await runTinyJob(job);
-    const losses = steps(events).map((event) => event.loss);
-    const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
-    expect(result.status).toBe("completed");
-    expect(mean(losses.slice(-5))).toBeLessThan(mean(losses.slice(0, 3)) * 0.6);
+    const { first, last } = await lossesOfTinyRun({ type: "skTuning", skTuning: { description: DESCRIPTION, variant: "prefix" } }, { maxSteps: 60, learningRate: 0.2 });
+    expect(last).toBeLessThan(first * 0.6);
   });
 
   it("continues a stopped run from its checkpoint to the same adapter, byte for byte (prompt variant, projection)", async () => {
-    const spec: Partial<FineTuneJob["spec"]> = {
-      dataset: { train: "data/train.jsonl", format: "text", maxSeqLength: 32, evalFraction: 0.25 },
-      method: { type: "skTuning", skTuning: { description: DESCRIPTION, variant: "prompt", projection: true } },
-      hyperparameters: { maxSteps: 6, batchSize: 2, gradientAccumulation: 2, learningRate: 0.01, warmupSteps: 2, weightDecay: 0.01, evalEverySteps: 3, seed: 11 },
-      checkpoint: { everySteps: 3, keep: 2 },
-    };
-    const uninterrupted = await tinyJob(spec);
-    await runTinyJob(uninterrupted);
-    const interrupted = await tinyJob(spec);
-    const controller = new AbortController();
-    const first = await runTinyJob(interrupted, {}, { signal: controller.signal, onProgress: (event) => event.event === "step" && event.step === 3 && controller.abort() });
-    expect(first.result).toMatchObject({ status: "stopped", step: 3 });
-    const second = await runTinyJob(interrupted);
-    expect(second.result.status).toBe("completed");
-    const read = (job: TinyJob, file: string) => readFile(path.join(job.dir, "out", file));
-    expect(await read(interrupted, "adapter_model.safetensors")).toEqual(await read(uninterrupted, "adapter_model.safetensors"));
+    const method = { type: "skTuning", skTuning: { description: DESCRIPTION, variant: "prompt", projection: true } } as const;
+    const { straight, resumed, resumedFrom } = await resumedAndStraightOutputs(method, ["adapter_model.safetensors"], { hyperparameters: { maxSteps: 6 }, stopAtStep: 3 });
+    expect(resumedFrom).toBe(3);
+    expect(resumed).toEqual(straight);
   });
 });
 
@@ -283,9 +204,9 @@ const python = huggingFacePython();
 describe.skipIf(!python)("the export loads in Hugging Face PEFT", () => {
   for (const variant of ["prefix", "prompt"] as const) {
     it(`${variant} variant: no missing or unexpected keys, PEFT's logits and loss equal the trainer's`, async () => {
-      await withAdapter(llama, { description: DESCRIPTION, variant, projection: true }, async (adapter) => {
+      await withAdapter(tiny.llama, { description: DESCRIPTION, variant, projection: true }, async (adapter) => {
         const labels = IDS.map((row, r) => row.map((id, t) => (MASK[r]![t] && t > 0 ? id : IGNORE_INDEX)));
-        const peft = await checkInPeft(python!, adapter, llamaFolder.dir, { ids: IDS, mask: MASK, labels });
+        const peft = await checkInPeft(python!, adapter, tiny.llamaFolder.dir, { ids: IDS, mask: MASK, labels });
         expect(peft).toMatchObject({ keys: ["prompt_embeddings"], peftType: variant === "prefix" ? "PREFIX_TUNING" : "PROMPT_TUNING" });
         expect(maxAbsDifference(adapterLogits(adapter, IDS, MASK), peft.logits)).toBeLessThan(1e-4);
         const batch = { rows: 2, seqLength: 6, inputIds: Int32Array.from(IDS.flat()), attentionMask: Int32Array.from(MASK.flat()), labels: Int32Array.from(labels.flat()) };
