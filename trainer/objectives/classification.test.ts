@@ -69,3 +69,32 @@ describe("a classifier", () => {
     expect(readSafetensors(await readFile(file), file).tensors.get("base_model.model.score.weight")!.shape).toEqual([3, TINY_LLAMA.hidden_size]);
   });
 });
+
+describe("SK-tuning's classification variant", () => {
+  // Issue 11: SK-tuning for the classification format is its semantic prefix plus the same score
+  // head over the final hidden state; both train, and PEFT's SEQ_CLS layout keeps the head.
+  it("trains a semantic prefix and a score head together", async () => {
+    const spec: Partial<FineTuneJob["spec"]> = {
+      dataset: { train: "data/train.jsonl", eval: "data/eval.jsonl", format: "classification", labels: ["cat", "dog", "place"], maxSeqLength: 32 },
+      objective: { type: "classification" },
+      method: { type: "skTuning", skTuning: { description: "Is this sentence about a cat, a dog or a place?", variant: "prefix" } },
+    };
+    const job = await writeTinyJob({ lines: TRAIN, spec });
+    jobs.push(job);
+    await writeFile(path.join(job.dir, "data", "eval.jsonl"), HELD_OUT.map((line) => JSON.stringify(line)).join("\n") + "\n");
+    const { result, events } = await runTinyJob(job, {
+      hyperparameters: { maxSteps: 60, batchSize: 6, learningRate: 0.03, scheduler: "constant", seed: 7 },
+      checkpoint: { everySteps: 1000 },
+    });
+    expect(result.status).toBe("completed");
+    const evals = events.filter((event): event is Extract<ProgressEvent, { event: "eval" }> => event.event === "eval");
+    expect(evals.at(-1)!.evalAccuracy).toBeGreaterThan(evals[0]!.evalAccuracy!);
+    const out = path.join(job.dir, "out");
+    const config = JSON.parse(await readFile(path.join(out, "adapter_config.json"), "utf8")) as Record<string, unknown>;
+    expect(config).toMatchObject({ peft_type: "PREFIX_TUNING", task_type: "SEQ_CLS", modules_to_save: ["classifier", "score"] });
+    const file = path.join(out, "adapter_model.safetensors");
+    const tensors = readSafetensors(await readFile(file), file).tensors;
+    expect(tensors.get("base_model.model.score.weight")!.shape).toEqual([3, TINY_LLAMA.hidden_size]);
+    expect(tensors.has("prompt_embeddings")).toBe(true);
+  });
+});
