@@ -5,35 +5,55 @@ import { CATEGORIES, CRD_NAME, GROUP, KIND, LIST_KIND, PLURAL, SHORT_NAMES, SING
 /** Where the generated CRD lives, relative to the repository root. */
 export const CRD_FILE = "crds/kubetune.io_finetunejobs.yaml";
 
-/** The CustomResourceDefinition of FineTuneJob, derived from fineTuneJobSchema. */
-export function buildCrd(): Record<string, unknown> {
+/** What differs between kubetune's CustomResourceDefinitions; the rest is the same for every kind. */
+export interface CrdParts {
+  name: string;
+  names: { kind: string; listKind: string; plural: string; singular: string; shortNames: readonly string[] };
+  scope: "Namespaced" | "Cluster";
+  printerColumns: Record<string, unknown>[];
+  schema: Parameters<typeof toOpenApi>[0];
+}
+
+/** A CustomResourceDefinition of group kubetune.io with one served and stored version and a status subresource. */
+export function customResourceDefinition(parts: CrdParts): Record<string, unknown> {
   return {
     apiVersion: "apiextensions.k8s.io/v1",
     kind: "CustomResourceDefinition",
-    metadata: { name: CRD_NAME },
+    metadata: { name: parts.name },
     spec: {
       group: GROUP,
-      names: { kind: KIND, listKind: LIST_KIND, plural: PLURAL, singular: SINGULAR, shortNames: [...SHORT_NAMES], categories: [...CATEGORIES] },
-      scope: "Namespaced",
+      names: { ...parts.names, shortNames: [...parts.names.shortNames], categories: [...CATEGORIES] },
+      scope: parts.scope,
       versions: [
         {
           name: VERSION,
           served: true,
           storage: true,
           subresources: { status: {} },
-          additionalPrinterColumns: [
-            { name: "Phase", type: "string", jsonPath: ".status.phase", description: "Pending, Queued, Running, Succeeded, Failed or Suspended." },
-            { name: "Method", type: "string", jsonPath: ".spec.method.type", description: "The fine-tuning method." },
-            { name: "Progress", type: "string", jsonPath: ".status.progress.percentText", description: "Steps done, in percent." },
-            { name: "Loss", type: "string", jsonPath: ".status.progress.lossText", description: "Latest training loss, to 4 significant digits." },
-            { name: "ETA", type: "string", jsonPath: ".status.progress.eta", description: "Estimated time until the last step." },
-            { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" },
-          ],
-          schema: { openAPIV3Schema: toOpenApi(fineTuneJobSchema) },
+          additionalPrinterColumns: parts.printerColumns,
+          schema: { openAPIV3Schema: toOpenApi(parts.schema) },
         },
       ],
     },
   };
+}
+
+/** The CustomResourceDefinition of FineTuneJob, derived from fineTuneJobSchema. */
+export function buildCrd(): Record<string, unknown> {
+  return customResourceDefinition({
+    name: CRD_NAME,
+    names: { kind: KIND, listKind: LIST_KIND, plural: PLURAL, singular: SINGULAR, shortNames: SHORT_NAMES },
+    scope: "Namespaced",
+    printerColumns: [
+      { name: "Phase", type: "string", jsonPath: ".status.phase", description: "Pending, Queued, Running, Succeeded, Failed or Suspended." },
+      { name: "Method", type: "string", jsonPath: ".spec.method.type", description: "The fine-tuning method." },
+      { name: "Progress", type: "string", jsonPath: ".status.progress.percentText", description: "Steps done, in percent." },
+      { name: "Loss", type: "string", jsonPath: ".status.progress.lossText", description: "Latest training loss, to 4 significant digits." },
+      { name: "ETA", type: "string", jsonPath: ".status.progress.eta", description: "Estimated time until the last step." },
+      { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" },
+    ],
+    schema: fineTuneJobSchema,
+  });
 }
 
 /** The CRD as committed in crds/: YAML with a header saying where it comes from. */

@@ -7,10 +7,10 @@ import { stringify } from "yaml";
 import { checkValue, isPlainObject } from "../schema/check.ts";
 import { applySchemaDefaults } from "../schema/defaults.ts";
 import { renderFieldReference } from "../schema/markdown.ts";
-import { toOpenApi } from "../schema/openapi.ts";
 import * as s from "../schema/schema.ts";
 import type { Infer, InferDefaulted, Problem } from "../schema/schema.ts";
-import { API_VERSION, CATEGORIES, GROUP, VERSION } from "./finetunejob.ts";
+import { API_VERSION, GROUP } from "./finetunejob.ts";
+import { customResourceDefinition } from "./crd.ts";
 
 export const QUEUE_KIND = "FineTuneQueue";
 export const QUEUE_LIST_KIND = "FineTuneQueueList";
@@ -120,33 +120,20 @@ export function validateQueue(obj: unknown): Problem[] {
 
 /** The CustomResourceDefinition of FineTuneQueue. */
 export function buildQueueCrd(): Record<string, unknown> {
-  return {
-    apiVersion: "apiextensions.k8s.io/v1",
-    kind: "CustomResourceDefinition",
-    metadata: { name: QUEUE_CRD_NAME },
-    spec: {
-      group: GROUP,
-      names: { kind: QUEUE_KIND, listKind: QUEUE_LIST_KIND, plural: QUEUE_PLURAL, singular: QUEUE_SINGULAR, shortNames: [...QUEUE_SHORT_NAMES], categories: [...CATEGORIES] },
-      scope: "Cluster",
-      versions: [
-        {
-          name: VERSION,
-          served: true,
-          storage: true,
-          subresources: { status: {} },
-          additionalPrinterColumns: [
-            { name: "GPUs", type: "integer", jsonPath: ".spec.gpus", description: "The GPU quota." },
-            { name: "In Use", type: "integer", jsonPath: ".status.gpusInUse", description: "GPUs held by admitted jobs." },
-            { name: "Admitted", type: "integer", jsonPath: ".status.admitted", description: "Jobs admitted now." },
-            { name: "Queued", type: "integer", jsonPath: ".status.queued", description: "Jobs waiting for admission." },
-            { name: "Preemption", type: "string", jsonPath: ".spec.preemption", description: "Never or LowerPriority.", priority: 1 },
-            { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" },
-          ],
-          schema: { openAPIV3Schema: toOpenApi(fineTuneQueueSchema) },
-        },
-      ],
-    },
-  };
+  return customResourceDefinition({
+    name: QUEUE_CRD_NAME,
+    names: { kind: QUEUE_KIND, listKind: QUEUE_LIST_KIND, plural: QUEUE_PLURAL, singular: QUEUE_SINGULAR, shortNames: QUEUE_SHORT_NAMES },
+    scope: "Cluster",
+    printerColumns: [
+      { name: "GPUs", type: "integer", jsonPath: ".spec.gpus", description: "The GPU quota." },
+      { name: "In Use", type: "integer", jsonPath: ".status.gpusInUse", description: "GPUs held by admitted jobs." },
+      { name: "Admitted", type: "integer", jsonPath: ".status.admitted", description: "Jobs admitted now." },
+      { name: "Queued", type: "integer", jsonPath: ".status.queued", description: "Jobs waiting for admission." },
+      { name: "Preemption", type: "string", jsonPath: ".spec.preemption", description: "Never or LowerPriority.", priority: 1 },
+      { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" },
+    ],
+    schema: fineTuneQueueSchema,
+  });
 }
 
 export function renderQueueCrdYaml(): string {
