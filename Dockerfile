@@ -98,11 +98,9 @@ COPY --from=sources /app ./
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # Last, so that a plain `docker build .` makes the small image. bin/kubetune.mjs runs the bundle
-# for `kubetune operator`; `kubetune preflight` runs the sources. V8's defaults let the heap grow
-# well past what the operator keeps (a young generation of 3 x 16 MiB; an old generation that
-# grows fast between full collections). Semi-spaces of 1 MiB and --optimize-for-size's slower
-# heap growth cost a little GC time; with 10,000 jobs and their pods cached the operator's peak
-# RSS was 128 MiB, against 171 MiB with the small semi-spaces alone and 238 MiB with neither.
+# for `kubetune operator`; `kubetune preflight` runs the sources. The V8 flags are
+# OPERATOR_NODE_FLAGS of bin/operator-launch.mjs (why these: there), which bench/operator.ts runs
+# the operator with too; tests/dockerfile.test.ts holds this ENTRYPOINT to that list.
 FROM runtime AS operator
 COPY --from=operator-dependencies /app/node_modules ./node_modules
 COPY --from=sources /app ./

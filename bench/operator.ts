@@ -1,10 +1,13 @@
 // The operator's benchmark, against one real loopback kube-apiserver + etcd for the whole run:
 //
 // - floor: the bench itself, with the operator's client and the operator's concurrency, writes
-//   what the operator must write for N jobs and no more (N Secrets, N trainer pods, N status
-//   patches), directly: the time the API server needs for those writes on this machine.
-// - operator: `kubetune operator` as its own process (exactly as deployed), as a ServiceAccount
-//   holding the chart's rules (helm/kubetune/files/operator-rules.yaml), watching a fresh
+//   what the operator must write for N jobs and no more (N trainer pods, N status patches),
+//   directly: the time the API server needs for those writes on this machine. A second floor
+//   writes all that the operator writes per job (also its finalizer patch and its Event): the
+//   gap between it and the operator is the operator's own cost.
+// - operator: `kubetune operator` as its own process, exactly as the image runs it (the bundle
+//   dist/operator.mjs, built first when stale, under the image's V8 flags, OPERATOR_NODE_FLAGS of
+//   bin/operator-launch.mjs), as a ServiceAccount holding the chart's rules (helm/kubetune/files/operator-rules.yaml), watching a fresh
 //   namespace; the bench creates N FineTuneJobs (16 at a time) and times the first create to the
 //   last trainer pod (a watch sees it). The API server's audit log says which requests the
 //   operator made, by Kubernetes verb (get, list, watch, create, patch, ...). No pod runner runs,
@@ -15,20 +18,21 @@
 //
 //   node --import tsx bench/operator.ts [--jobs 1000] [--repeats 3] [--rss-jobs 10000] [--json]
 import type { V1Pod } from "@kubernetes/client-node";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { parse } from "yaml";
 import { API_VERSION, applyDefaults, CRD_FILE, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../api/index.ts";
 import { resourcePath, type KubeClient } from "../kube/client.ts";
 import { startLocalCluster, type LocalCluster } from "../localcluster/cluster.ts";
 import { kubeconfigYaml } from "../localcluster/controlplane.ts";
 import { freePort } from "../localcluster/process.ts";
-import { trainerPod, tokenSecretName } from "../operator/finetunejob/pods.ts";
+import { FINALIZER, trainerPod } from "../operator/finetunejob/pods.ts";
+import { OPERATOR_BUNDLE, OPERATOR_NODE_FLAGS, staleBundle } from "../bin/operator-launch.mjs";
 
 /** The operator's reconcile workers, and so the floor's client concurrency. */
 const CONCURRENCY = 4;
@@ -52,8 +56,18 @@ export interface OperatorBenchFigures {
   statistic: string;
   /** Seconds from the first create until every job's trainer pod exists (median). */
   secondsUntilAllPods: number;
-  /** Seconds the same client concurrency takes to write N Secrets, N pods and N status patches directly (median). */
+  /** Seconds the same client concurrency takes to write N pods and N status patches directly (median). */
   floorSeconds: number;
+  /** What the floor writes per job. */
+  floorWrites: string;
+  /**
+   * Seconds the same client concurrency takes to write everything the operator writes per job (its finalizer
+   * patch, the pod, the status patch, its Event) directly (median): what is left between this and the operator's
+   * time is the operator's own cost (watch latency, reconcile, queueing) and the jobs' creation.
+   */
+  floorAllWritesSeconds: number;
+  /** secondsUntilAllPods / floorAllWritesSeconds, per repeat, then the median. */
+  ratioToAllWritesFloor: number;
   /** secondsUntilAllPods / floorSeconds, per repeat, then the median. */
   ratioToFloor: number;
   /** Seconds the bench took to create the jobs (16 at a time; median). */
@@ -68,8 +82,10 @@ export interface OperatorBenchFigures {
   rssAt10kJobsMiB?: number;
   /** The 10,000-job run: one run (it takes minutes). */
   tenThousandJobs?: OperatorRun;
-  runs: { floorSeconds: number; operator: OperatorRun }[];
+  runs: { floorSeconds: number; floorAllWritesSeconds: number; operator: OperatorRun }[];
   concurrency: number;
+  /** How the operator ran: the bundle, and the V8 flags (the operator image's). */
+  operatorProcess: { entry: string; nodeFlags: string[]; builtForThisRun: boolean };
   kubeApiserver: string;
 }
 
@@ -91,13 +107,16 @@ export async function benchOperator(options: OperatorBenchOptions): Promise<Oper
     await cluster.client.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", parse(readFileSync(CRD_FILE, "utf8")));
     await waitUntil(async () => (await cluster.client.list(resourcePath({ group: GROUP, version: VERSION, plural: PLURAL }))) !== undefined, 30_000);
     const identity = await operatorIdentity(cluster, dir);
+    const builtForThisRun = ensureOperatorBundle(log);
     const runs: OperatorBenchFigures["runs"] = [];
     for (let repeat = 1; repeat <= repeats; repeat += 1) {
       const floorSeconds = await measureFloor(cluster.client, `floor-${repeat}`, jobs);
-      log(`repeat ${repeat}: floor ${floorSeconds} s for ${jobs} Secrets + ${jobs} pods + ${jobs} status patches`);
+      log(`repeat ${repeat}: floor ${floorSeconds} s for ${jobs} pods + ${jobs} status patches`);
+      const floorAllWritesSeconds = await measureFloor(cluster.client, `floor-all-${repeat}`, jobs, true);
+      log(`repeat ${repeat}: ${floorAllWritesSeconds} s for all the operator's ${4 * jobs} writes (finalizers, pods, status patches, Events)`);
       const operator = await measureOperator(cluster, identity, dir, `bench-${repeat}`, jobs, log);
       log(`repeat ${repeat}: operator ${operator.secondsUntilAllPods} s, ${operator.apiWritesPerJob} writes per job, peak RSS ${operator.operatorPeakRssMiB} MiB`);
-      runs.push({ floorSeconds, operator });
+      runs.push({ floorSeconds, floorAllWritesSeconds, operator });
     }
     const rssJobs = options.rssJobs ?? 0;
     const tenThousandJobs = rssJobs > 0 ? await measureOperator(cluster, identity, dir, "bench-rss", rssJobs, log) : undefined;
@@ -111,7 +130,10 @@ export async function benchOperator(options: OperatorBenchOptions): Promise<Oper
       statistic: "median of the repeats; floor and operator alternate in one run against one API server",
       secondsUntilAllPods: median(runs.map((run) => run.operator.secondsUntilAllPods)),
       floorSeconds: median(runs.map((run) => run.floorSeconds)),
+      floorWrites: "per job: the trainer pod (create) and one status patch; the operator's finalizer patch and Event are above it",
       ratioToFloor: round(median(runs.map((run) => run.operator.secondsUntilAllPods / run.floorSeconds))),
+      floorAllWritesSeconds: median(runs.map((run) => run.floorAllWritesSeconds)),
+      ratioToAllWritesFloor: round(median(runs.map((run) => run.operator.secondsUntilAllPods / run.floorAllWritesSeconds))),
       secondsToCreate: median(runs.map((run) => run.operator.secondsToCreate)),
       reconcilesPerSecond: round(median(runs.map((run) => run.operator.reconciles / run.operator.secondsUntilAllPods))),
       apiRequestsByVerb: requests,
@@ -122,12 +144,31 @@ export async function benchOperator(options: OperatorBenchOptions): Promise<Oper
       ...(tenThousandJobs ? { tenThousandJobs } : {}),
       runs,
       concurrency: CONCURRENCY,
+      operatorProcess: { entry: path.relative(REPO, fileURLToPath(OPERATOR_BUNDLE)), nodeFlags: [...OPERATOR_NODE_FLAGS], builtForThisRun },
       kubeApiserver: cluster.versions.kubeApiserver,
     };
   } finally {
     await cluster.stop();
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+const REPO = path.dirname(import.meta.dirname);
+
+/**
+ * Makes sure dist/operator.mjs is built from the sources as they are (`npm run build` when it is
+ * stale), so that the bench measures the operator the image ships; true when it built it. The
+ * runs then start the bundle directly, so that a source edited during the bench changes nothing.
+ */
+function ensureOperatorBundle(log: (line: string) => void): boolean {
+  const stale = staleBundle();
+  if (stale === undefined) return false;
+  log(`building the operator bundle (${stale})`);
+  const build = spawnSync(process.execPath, ["scripts/build-operator.mjs"], { cwd: REPO, encoding: "utf8" });
+  if (build.status !== 0) throw new Error(`npm run build failed: ${build.stderr || build.stdout}`);
+  const still = staleBundle();
+  if (still !== undefined) throw new Error(`dist/operator.mjs is still stale after npm run build: ${still}`);
+  return true;
 }
 
 /** A ServiceAccount with the chart's rules, cluster-wide, and a kubeconfig with its token: the operator's requests are then its own in the audit log. */
@@ -193,10 +234,11 @@ async function createJobs(client: KubeClient, namespace: string, count: number):
 }
 
 /**
- * The floor: per job, the token Secret, the trainer pod (the operator's own manifests) and a
- * status patch, written with the operator's concurrency. The jobs exist beforehand (untimed).
+ * The floor: per job, the trainer pod (the operator's own manifest) and a status patch, written
+ * with the operator's concurrency. The jobs exist beforehand (untimed). The operator's other
+ * writes (its finalizer, an Event) are not in it: they are what it spends above the floor.
  */
-async function measureFloor(client: KubeClient, namespace: string, count: number): Promise<number> {
+async function measureFloor(client: KubeClient, namespace: string, count: number, allWrites = false): Promise<number> {
   await createNamespace(client, namespace);
   const jobs = await createJobs(client, namespace, count);
   const settings = { defaultImage: "kubetune-trainer:bench", progressUrl: "https://kubetune-operator.kubetune-system.svc:8443", terminationGraceSeconds: 300 };
@@ -204,15 +246,12 @@ async function measureFloor(client: KubeClient, namespace: string, count: number
   await inParallel(count, CONCURRENCY, async (index) => {
     const job = jobs[index]!;
     const name = job.metadata.name!;
-    await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace }), {
-      apiVersion: "v1",
-      kind: "Secret",
-      metadata: { name: tokenSecretName(name), ownerReferences: [{ apiVersion: API_VERSION, kind: KIND, name, uid: job.metadata.uid!, controller: true, blockOwnerDeletion: true }] },
-      stringData: { token: "x".repeat(43) },
-    });
+    const jobPath = resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name });
+    // allWrites: also the operator's finalizer patch (before the pod) and its Event (after the status), as it sends them.
+    if (allWrites) await client.patch(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "add", path: "/metadata/finalizers", value: [FINALIZER] }], "json");
     await client.create(resourcePath({ group: "", version: "v1", plural: "pods", namespace }), trainerPod(job, applyDefaults(job.spec), 1, 0, settings));
     const now = new Date().toISOString();
-    await client.patch(resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name, subresource: "status" }), {
+    await client.patch(`${jobPath}/status`, {
       status: {
         phase: "Running",
         attempts: 1,
@@ -221,6 +260,21 @@ async function measureFloor(client: KubeClient, namespace: string, count: number
         conditions: [{ type: "Running", status: "False", reason: "PodCreated", message: "attempt 1 is starting", lastTransitionTime: now, observedGeneration: 1 }],
       },
     });
+    if (allWrites) {
+      await client.create(resourcePath({ group: "", version: "v1", plural: "events", namespace }), {
+        apiVersion: "v1",
+        kind: "Event",
+        metadata: { name: `${name}.bench` },
+        involvedObject: { apiVersion: API_VERSION, kind: KIND, name, namespace, uid: job.metadata.uid },
+        type: "Normal",
+        reason: "PodCreated",
+        message: `created pod ${name}-train-1 (attempt 1)`,
+        source: { component: "kubetune-operator" },
+        firstTimestamp: now,
+        lastTimestamp: now,
+        count: 1,
+      });
+    }
   });
   return round((performance.now() - started) / 1000);
 }
@@ -229,10 +283,12 @@ async function measureOperator(cluster: LocalCluster, identity: { kubeconfig: st
   const { client } = cluster;
   await createNamespace(client, namespace);
   const probePort = await freePort();
+  // As the image runs it: node <OPERATOR_NODE_FLAGS> and the bundle (bin/kubetune.mjs would import the same file).
   const operator = spawn(
     process.execPath,
     [
-      "bin/kubetune.mjs",
+      ...OPERATOR_NODE_FLAGS,
+      fileURLToPath(OPERATOR_BUNDLE),
       "operator",
       `--kubeconfig=${identity.kubeconfig}`,
       `--namespaces=${namespace}`,
@@ -243,7 +299,7 @@ async function measureOperator(cluster: LocalCluster, identity: { kubeconfig: st
       "--no-preflight",
       `--concurrency=${CONCURRENCY}`,
     ],
-    { cwd: path.dirname(import.meta.dirname), stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true" } },
+    { cwd: REPO, stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true" } },
   );
   const kill = () => operator.kill("SIGKILL");
   process.once("exit", kill);

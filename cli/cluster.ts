@@ -1,10 +1,10 @@
-import { KubeConfig } from "@kubernetes/client-node";
 import type { Command } from "commander";
 import { existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { CRD_FILE, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../api/index.ts";
 import { ApiError, KubeClient, resourcePath } from "../kube/client.ts";
+import { Kubeconfig } from "../kube/config-loader.ts";
 
 /**
  * How the CLI's cluster commands reach the cluster, and the errors a user meets there (no
@@ -40,38 +40,37 @@ export function withClusterFlags(command: Command): Command {
     .option("--context <name>", "kubeconfig context to use; its current context when unset");
 }
 
-export function connect(flags: ClusterFlags): Cluster {
-  const config = new KubeConfig();
-  const file = flags.kubeconfig ?? process.env.KUBECONFIG?.split(path.delimiter).find(Boolean);
-  const home = path.join(os.homedir(), ".kube", "config");
+export function connect(flags: ClusterFlags, env: NodeJS.ProcessEnv = process.env, home = os.homedir()): Cluster {
+  const file = flags.kubeconfig ?? env.KUBECONFIG?.split(path.delimiter).find(Boolean);
+  const homeConfig = path.join(home, ".kube", "config");
   if (file !== undefined && !existsSync(file)) {
     throw new UserError(`no cluster: the kubeconfig ${file} (from ${flags.kubeconfig ? "--kubeconfig" : "KUBECONFIG"}) does not exist; ${START_A_CLUSTER}`);
   }
-  if (file === undefined && !existsSync(home) && !process.env.KUBERNETES_SERVICE_HOST) {
-    throw new UserError(`no cluster: KUBECONFIG is not set and ${home} does not exist; ${START_A_CLUSTER}`);
+  if (file === undefined && !existsSync(homeConfig) && !env.KUBERNETES_SERVICE_HOST) {
+    throw new UserError(`no cluster: KUBECONFIG is not set and ${homeConfig} does not exist; ${START_A_CLUSTER}`);
   }
+  // kubetune's own loader, as the operator's (kube/config-loader.ts): kubectl's lookup order, and @kubernetes/client-node
+  // only for a user whose credentials come from an exec plugin or an auth provider.
+  let config: Kubeconfig;
   try {
-    if (flags.kubeconfig) config.loadFromFile(flags.kubeconfig);
-    else config.loadFromDefault();
+    // The file's current-context is checked only when no --context replaces it.
+    config = Kubeconfig.load(flags.kubeconfig, { env, home, context: flags.context });
   } catch (error) {
-    throw new UserError(`cannot read the kubeconfig ${file ?? home}: ${(error as Error).message}`);
-  }
-  if (flags.context) {
-    if (!config.getContextObject(flags.context)) {
-      throw new UserError(`the kubeconfig has no context "${flags.context}"; it has: ${config.getContexts().map((context) => context.name).join(", ") || "none"}`);
+    const message = (error as Error).message;
+    if (flags.context && message.includes(`context "${flags.context}" is not among its contexts`)) {
+      throw new UserError(`the kubeconfig has no context "${flags.context}"; it has: ${/\(([^)]*)\)$/.exec(message)?.[1] ?? "none"}`);
     }
-    config.setCurrentContext(flags.context);
+    throw new UserError(`cannot read the kubeconfig ${file ?? homeConfig}: ${message}`);
   }
   let client: KubeClient;
   try {
     client = new KubeClient(config);
   } catch (error) {
-    throw new UserError(`${(error as Error).message} (${file ?? home})`);
+    throw new UserError(`${(error as Error).message} (${config.source})`);
   }
-  const contextNamespace = config.getContextObject(config.getCurrentContext())?.namespace;
   return {
     client,
-    namespace: flags.namespace ?? contextNamespace ?? "default",
+    namespace: flags.namespace ?? config.namespace ?? "default",
     namespaceGiven: flags.namespace !== undefined,
     server: config.getCurrentCluster()?.server ?? "",
   };

@@ -1,11 +1,10 @@
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, openSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { CRD_FILE } from "../api/index.ts";
+import { CRD_FILE, QUEUE_CRD_FILE } from "../api/index.ts";
 import { resourcePath } from "../kube/client.ts";
 import { startOperator } from "../operator/operator.ts";
 import { S3ObjectStore } from "../storage/s3-store.ts";
@@ -24,6 +23,10 @@ import { freePort, isAlive } from "./process.ts";
  * The operator runs in the supervisor's process, or with --from-chart as the Helm chart
  * installs it: the chart rendered and applied, its Deployment run as a pod (by the
  * DeploymentRunner and the pod runner), under its ServiceAccount and RBAC, with its flags.
+ * Either way the operator runs the built-in queue (FineTuneQueue), and the pod runner's node
+ * advertises --gpus nvidia.com/gpu (0 by default) so that GPU jobs and GPU quotas can be tried on
+ * a machine without a GPU: the trainer of such a job computes on the CPU (trainer.backend auto
+ * or cpu; gpu fails with BackendUnavailable, as on a real node without one).
  */
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -38,6 +41,8 @@ export const DEV_CHART_RELEASE = { name: "kubetune", namespace: "kubetune-system
 export interface DevClusterOptions {
   /** Run the operator from the Helm chart instead of in the supervisor's process. */
   fromChart?: boolean;
+  /** nvidia.com/gpu the pod runner's node advertises (simulated: pods see no device); 0 by default. */
+  gpus?: number;
 }
 
 interface DevClusterState {
@@ -49,6 +54,8 @@ interface DevClusterState {
   kubeApiserverVersion: string;
   /** How the operator runs: in the supervisor, or from the Helm chart. */
   operator: "in-process" | "chart";
+  /** nvidia.com/gpu the node advertises (absent in state files of older checkouts: 0). */
+  gpus?: number;
 }
 
 /** Under the temp folder, not the home folder: pods run as non-root users who must reach their folders. */
@@ -81,6 +88,7 @@ export function exportLines(state: DevClusterState): string {
 
 /** Starts the supervisor in the background and waits until the cluster is ready. */
 export async function devClusterUp(options: DevClusterOptions & { timeoutMs?: number } = {}): Promise<string> {
+  const gpus = checkGpus(options.gpus ?? 0);
   const dir = devClusterDir();
   const existing = readState(dir);
   if (existing && isAlive(existing.pid)) {
@@ -88,12 +96,13 @@ export async function devClusterUp(options: DevClusterOptions & { timeoutMs?: nu
     if (existing.operator !== wanted) {
       throw new Error(`a dev cluster is already running with its operator ${existing.operator === "chart" ? "from the Helm chart" : "in-process"}; run kubetune dev-cluster down first`);
     }
+    if ((existing.gpus ?? 0) !== gpus) throw new Error(`a dev cluster is already running with --gpus ${existing.gpus ?? 0}; run kubetune dev-cluster down first`);
     return exportLines(existing);
   }
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const log = openSync(path.join(dir, "supervisor.log"), "a");
-  const child = spawn(process.execPath, [path.join(repoRoot, "bin/kubetune.mjs"), "dev-cluster", "serve", "--dir", dir, ...(options.fromChart ? ["--from-chart"] : [])], {
+  const child = spawn(process.execPath, [path.join(repoRoot, "bin/kubetune.mjs"), "dev-cluster", "serve", "--dir", dir, "--gpus", String(gpus), ...(options.fromChart ? ["--from-chart"] : [])], {
     detached: true,
     stdio: ["ignore", log, log],
     env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true" },
@@ -130,7 +139,7 @@ export function devClusterStatus(): string {
   const state = readState();
   if (!state || !isAlive(state.pid)) return "no dev cluster is running";
   const operator = state.operator === "chart" ? `operator from the Helm chart in ${DEV_CHART_RELEASE.namespace}` : "operator in-process";
-  return `running (pid ${state.pid}): kube-apiserver ${state.kubeApiserverVersion}, S3 ${state.s3.endpoint}, ${operator}, kubeconfig ${state.kubeconfig}`;
+  return `running (pid ${state.pid}): kube-apiserver ${state.kubeApiserverVersion}, S3 ${state.s3.endpoint}, ${operator}, ${gpuCount(state.gpus ?? 0)}, kubeconfig ${state.kubeconfig}`;
 }
 
 /** The supervisor: starts everything, writes the state file, and stops it all on SIGTERM. */
@@ -144,9 +153,9 @@ export async function devClusterServe(dir: string, options: DevClusterOptions = 
   try {
     const { client, s3 } = cluster;
     if (!options.fromChart) {
-      const crd = readFileSync(path.join(repoRoot, CRD_FILE), "utf8");
+      // The chart installs both CRDs itself (its crds/).
       const { parse } = await import("yaml");
-      await client.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", parse(crd));
+      for (const file of [CRD_FILE, QUEUE_CRD_FILE]) await client.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", parse(readFileSync(path.join(repoRoot, file), "utf8")));
     }
     await createBucket(s3, DEV_BUCKET);
     await seedQuickstart(new S3ObjectStore(DEV_BUCKET, "quickstart", { endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } }));
@@ -160,7 +169,7 @@ export async function devClusterServe(dir: string, options: DevClusterOptions = 
       client,
       workDir: path.join(dir, "pods"),
       images: { [DEV_IMAGE]: { entrypoint: [process.execPath, path.join(repoRoot, "bin/kubetune.mjs")] } },
-      capacity: { cpu: String(os.cpus().length), memory: `${Math.floor(os.totalmem() / 2 ** 20)}Mi`, gpus: 0 },
+      capacity: { cpu: String(os.cpus().length), memory: `${Math.floor(os.totalmem() / 2 ** 20)}Mi`, gpus: checkGpus(options.gpus ?? 0) },
       kubeletTls: kubeletTls(path.join(dir, "pki")),
       log,
     });
@@ -182,9 +191,10 @@ export async function devClusterServe(dir: string, options: DevClusterOptions = 
       s3: { endpoint: s3.endpoint, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, region: s3.region },
       kubeApiserverVersion: cluster.versions.kubeApiserver,
       operator: options.fromChart ? "chart" : "in-process",
+      gpus: options.gpus ?? 0,
     };
     writeFileSync(stateFile(dir), JSON.stringify(state, null, 2), { mode: 0o600 });
-    log(`dev cluster ready: kube-apiserver ${state.kubeApiserverVersion}, MinIO ${s3.endpoint}, operator ${state.operator}`);
+    log(`dev cluster ready: kube-apiserver ${state.kubeApiserverVersion}, MinIO ${s3.endpoint}, operator ${state.operator}, ${gpuCount(state.gpus ?? 0)}`);
   } catch (error) {
     await stopAll();
     throw error;
@@ -201,8 +211,6 @@ export async function devClusterServe(dir: string, options: DevClusterOptions = 
 /** The operator in this process, with the dev cluster's settings. */
 async function startInProcessOperator(cluster: LocalCluster, dir: string, log: (line: string) => void): Promise<() => Promise<void>> {
   const { s3 } = cluster;
-  const tokenKeyFile = path.join(dir, "progress-token.key");
-  writeFileSync(tokenKeyFile, randomBytes(32), { mode: 0o600 });
   const progressPort = await freePort();
   const pki = path.join(dir, "pki");
   const operator = await startOperator({
@@ -211,9 +219,9 @@ async function startInProcessOperator(cluster: LocalCluster, dir: string, log: (
     probeAddress: "127.0.0.1:0",
     progressAddress: `127.0.0.1:${progressPort}`,
     progressTls: { certFile: path.join(pki, "serving.crt"), keyFile: path.join(pki, "serving.key") },
-    progressTokenKeyFile: tokenKeyFile,
     leaderElection: { enabled: false, namespace: "default", name: "kubetune-operator" },
     concurrency: 4,
+    queues: { builtIn: true },
     log,
     settings: {
       defaultImage: DEV_IMAGE,
@@ -251,6 +259,7 @@ async function startChartOperator(cluster: LocalCluster, log: (line: string) => 
       image: { ...image, pullPolicy: "IfNotPresent" },
       trainerImage: { cpu: image, gpu: image },
       replicas: 1,
+      queues: { builtIn: { enabled: true } },
       operator: {
         probePort,
         progressPort,
@@ -269,6 +278,16 @@ async function startChartOperator(cluster: LocalCluster, log: (line: string) => 
   await waitUntilLeading(`http://127.0.0.1:${probePort}`);
   log(`operator from the Helm chart in ${DEV_CHART_RELEASE.namespace}: probes on :${probePort}, progress on :${progressPort}`);
   return () => chart.stop();
+}
+
+/** --gpus: a whole number, so that a typo fails at once rather than as an unschedulable pod. */
+export function checkGpus(gpus: number): number {
+  if (!Number.isInteger(gpus) || gpus < 0 || gpus > 64) throw new Error(`--gpus ${gpus}: must be a whole number from 0 to 64`);
+  return gpus;
+}
+
+function gpuCount(gpus: number): string {
+  return `${gpus} GPU${gpus === 1 ? "" : "s"}`;
 }
 
 /** Copies examples/quickstart (model and data) into the bucket, if it exists. */

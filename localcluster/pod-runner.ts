@@ -27,7 +27,8 @@ import { mapMountedPath, MountError, mountVolumes } from "./volumes.ts";
  *   configMapKeyRef, fieldRef, envFrom), workingDir and runAsUser/runAsGroup (when the runner
  *   is root). A missing Secret or ConfigMap gives CreateContainerConfigError.
  * - Volumes as folders (volumes.ts): emptyDir, secret, configMap and projected volumes,
- *   service account tokens included; paths under a mount path in env values, args, command
+ *   service account tokens included (requested again at 80% of their life, as the kubelet
+ *   rotates them); paths under a mount path in env values, args, command
  *   and workingDir are rewritten to the folder that backs it (a process cannot see a mount
  *   namespace here), and a mounted service account token comes with KUBECONFIG for
  *   in-cluster configuration. A missing Secret or ConfigMap leaves the pod ContainerCreating.
@@ -383,6 +384,10 @@ export class PodRunner {
           }
         }, 1000),
       );
+    }
+    const tokens = volumes.tokenRefresh;
+    if (tokens) {
+      running.timers.push(setInterval(() => void tokens.refresh().catch((error: unknown) => this.options.log?.(`pod ${namespace}/${name}: refreshing its service account token: ${(error as Error).message}`)), tokens.everyMs));
     }
     const deadline = pod.spec?.activeDeadlineSeconds;
     if (deadline !== undefined && child.pid) {

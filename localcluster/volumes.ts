@@ -1,5 +1,5 @@
 import type { V1Container, V1KeyToPath, V1Pod, V1Volume } from "@kubernetes/client-node";
-import { chownSync, mkdirSync, writeFileSync } from "node:fs";
+import { chownSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { isNotFound, resourcePath, type KubeClient } from "../kube/client.ts";
 import { kubeconfigYaml } from "./controlplane.ts";
@@ -12,7 +12,8 @@ import { kubeconfigYaml } from "./controlplane.ts";
  *
  * Supported: emptyDir; secret and configMap (keys or items); projected volumes of those, of
  * downwardAPI fields and of serviceAccountToken (a TokenRequest bound to the pod, as the
- * kubelet makes). In-cluster configuration reads fixed paths under
+ * kubelet makes, and made again once 80% of its life has passed, as the kubelet rotates it:
+ * tokenRefresh). In-cluster configuration reads fixed paths under
  * /var/run/secrets/kubernetes.io/serviceaccount that a local process cannot have, so a
  * container with a service account token mounted there gets KUBECONFIG pointing at a
  * kubeconfig with the same token, the same CA and the API server's loopback address.
@@ -28,7 +29,14 @@ export interface MountedVolumes {
   mounts: Map<string, string>;
   /** Extra environment, such as KUBECONFIG for in-cluster configuration. */
   env: Record<string, string>;
+  /** Projected service account tokens to request again every `everyMs` while the container runs (the kubelet's rotation). */
+  tokenRefresh?: { everyMs: number; refresh: () => Promise<void> };
 }
+
+/** The kubelet replaces a projected token once this share of its life has passed. */
+const TOKEN_REFRESH_AT = 0.8;
+/** A TokenRequest's expirationSeconds when the volume sets none (the kubelet's default). */
+const DEFAULT_TOKEN_SECONDS = 3607;
 
 export async function mountVolumes(
   client: KubeClient,
@@ -40,6 +48,7 @@ export async function mountVolumes(
   const mounts = new Map<string, string>();
   const env: Record<string, string> = {};
   const namespace = pod.metadata?.namespace ?? "default";
+  const tokens: { file: string; source: TokenSource }[] = [];
   for (const mount of container.volumeMounts ?? []) {
     const volume = pod.spec?.volumes?.find((candidate) => candidate.name === mount.name);
     if (!volume) continue;
@@ -53,6 +62,9 @@ export async function mountVolumes(
       if (owner) chownSync(file, owner.uid, owner.gid);
     }
     if (owner) chownSync(hostDir, owner.uid, owner.gid);
+    for (const source of volume.projected?.sources ?? []) {
+      if (source.serviceAccountToken) tokens.push({ file: path.join(hostDir, source.serviceAccountToken.path), source: source.serviceAccountToken });
+    }
     const subPath = mount.subPath ? path.join(hostDir, mount.subPath) : hostDir;
     mounts.set(mount.mountPath, subPath);
     if (mount.mountPath === SERVICE_ACCOUNT_MOUNT && files.token !== undefined) {
@@ -63,7 +75,18 @@ export async function mountVolumes(
       env.KUBECONFIG = kubeconfig;
     }
   }
-  return { mounts, env };
+  if (!tokens.length) return { mounts, env };
+  const refresh = async () => {
+    for (const { file, source } of tokens) {
+      // Replaced in one rename, as the kubelet's atomic writer swaps the volume's files: a reader never sees half a token.
+      const next = `${file}.next`;
+      writeFileSync(next, await serviceAccountToken(client, pod, source), { mode: 0o644 });
+      if (owner) chownSync(next, owner.uid, owner.gid);
+      renameSync(next, file);
+    }
+  };
+  const everyMs = Math.min(...tokens.map(({ source }) => (source.expirationSeconds ?? DEFAULT_TOKEN_SECONDS) * 1000 * TOKEN_REFRESH_AT));
+  return { mounts, env, tokenRefresh: { everyMs, refresh } };
 }
 
 /** Rewrites a path under a mount path (alone or as the value of --flag=) to the folder behind it. */
@@ -124,7 +147,9 @@ function downwardField(pod: V1Pod, fieldPath: string): string {
   return fields[fieldPath] ?? "";
 }
 
-async function serviceAccountToken(client: KubeClient, pod: V1Pod, source: { audience?: string; expirationSeconds?: number }): Promise<string> {
+type TokenSource = { audience?: string; expirationSeconds?: number };
+
+async function serviceAccountToken(client: KubeClient, pod: V1Pod, source: TokenSource): Promise<string> {
   const namespace = pod.metadata?.namespace;
   const account = pod.spec?.serviceAccountName ?? "default";
   const request = await client.create<{ status: { token: string } }>(`${resourcePath({ group: "", version: "v1", plural: "serviceaccounts", namespace, name: account })}/token`, {
@@ -132,7 +157,7 @@ async function serviceAccountToken(client: KubeClient, pod: V1Pod, source: { aud
     kind: "TokenRequest",
     spec: {
       ...(source.audience ? { audiences: [source.audience] } : {}),
-      expirationSeconds: source.expirationSeconds ?? 3607,
+      expirationSeconds: source.expirationSeconds ?? DEFAULT_TOKEN_SECONDS,
       boundObjectRef: { apiVersion: "v1", kind: "Pod", name: pod.metadata?.name, uid: pod.metadata?.uid },
     },
   });

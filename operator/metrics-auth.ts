@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import type { KubeClient } from "../kube/client.ts";
+import { TokenReviewer, TokenReviewUnavailable } from "./progress/token-review.ts";
 
 /** Who may read /metrics on the HTTPS port. */
 export type MetricsAuthorization = "kubernetes" | "none";
@@ -8,10 +9,6 @@ export interface MetricsDecision {
   /** 200 allowed, 401 no or unknown token, 403 not allowed, 503 the API server could not say. */
   status: 200 | 401 | 403 | 503;
   message: string;
-}
-
-interface TokenReview {
-  status?: { authenticated?: boolean; user?: { username?: string; uid?: string; groups?: string[]; extra?: Record<string, string[]> }; error?: string };
 }
 
 interface SubjectAccessReview {
@@ -25,15 +22,20 @@ interface SubjectAccessReview {
  * that user may `get` the non-resource URL /metrics. A Prometheus needs a ClusterRole with
  * `nonResourceURLs: ["/metrics"], verbs: ["get"]`; the operator needs `create` on tokenreviews
  * and subjectaccessreviews. Decisions are cached for a minute per token (by its SHA-256, never
- * the token itself), so a scrape every 15 s costs the API server two requests a minute.
+ * the token itself), so a scrape every 15 s costs the API server two requests a minute. The
+ * TokenReview is the progress endpoint's (progress/token-review.ts), for the API server's own
+ * audience.
  */
 export class MetricsAuthorizer {
   private readonly cache = new Map<string, { decision: MetricsDecision; until: number }>();
+  private readonly reviewer: TokenReviewer;
 
   constructor(
     private readonly client: KubeClient,
     private readonly options: { ttlMs?: number; path?: string; now?: () => number } = {},
-  ) {}
+  ) {
+    this.reviewer = new TokenReviewer(client, { maxTtlMs: options.ttlMs ?? 60_000, failureTtlMs: 0, ...(options.now ? { now: options.now } : {}) });
+  }
 
   async authorize(authorization: string | undefined): Promise<MetricsDecision> {
     const token = /^Bearer (\S+)$/i.exec(authorization ?? "")?.[1];
@@ -47,7 +49,8 @@ export class MetricsAuthorizer {
       decision = await this.review(token);
     } catch (error) {
       // Not cached: the next scrape asks again.
-      return { status: 503, message: `cannot check the token with the API server: ${(error as Error).message}` };
+      const message = (error as Error).message;
+      return { status: 503, message: error instanceof TokenReviewUnavailable ? message : `cannot check the token with the API server: ${message}` };
     }
     this.cache.set(key, { decision, until: now + (this.options.ttlMs ?? 60_000) });
     if (this.cache.size > 1024) this.cache.delete(this.cache.keys().next().value as string);
@@ -55,13 +58,9 @@ export class MetricsAuthorizer {
   }
 
   private async review(token: string): Promise<MetricsDecision> {
-    const review = await this.client.create<TokenReview>("/apis/authentication.k8s.io/v1/tokenreviews", {
-      apiVersion: "authentication.k8s.io/v1",
-      kind: "TokenReview",
-      spec: { token },
-    });
-    const user = review.status?.user;
-    if (!review.status?.authenticated || !user?.username) return { status: 401, message: "the token is not valid" };
+    const review = await this.reviewer.review(token);
+    if (!review.authenticated) return { status: 401, message: "the token is not valid" };
+    const user = review.user;
     const path = this.options.path ?? "/metrics";
     const access = await this.client.create<SubjectAccessReview>("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
       apiVersion: "authorization.k8s.io/v1",

@@ -1,14 +1,15 @@
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import { KubeClient } from "../kube/client.ts";
 import { FineTuneJobController } from "./finetunejob/controller.ts";
 import type { DecideSettings } from "./finetunejob/decide.ts";
+import { PROGRESS_AUDIENCE } from "./finetunejob/pods.ts";
 import { MetricsAuthorizer, type MetricsAuthorization } from "./metrics-auth.ts";
 import { OperatorMetrics } from "./metrics.ts";
 import { ProgressServer } from "./progress/server.ts";
+import { TokenReviewer } from "./progress/token-review.ts";
 import { QueueController } from "./queue/controller.ts";
 import { KueueController } from "./queue/kueue.ts";
 import { QueueMetrics } from "./queue/metrics.ts";
@@ -26,14 +27,12 @@ export interface OperatorOptions {
   /** Certificate and key files of the progress endpoint (cert-manager's Secret, mounted), reread when they change. */
   progressTls?: { certFile: string; keyFile: string };
   /**
-   * The Secret the operator keeps its progress CA and token key in: created when its pod's mount
-   * of it (`dir`) is empty, never read through the API (runtime/serving-keys.ts).
+   * The Secret the operator keeps its progress CA in: created when its pod's mount of it (`dir`)
+   * is empty, never read through the API (runtime/serving-keys.ts).
    */
   keySecret?: { namespace: string; name: string; dir: string };
   /** DNS names and IP addresses the operator's own serving certificate covers besides the progress URL's host. */
   progressCertHosts?: string[];
-  /** File with the key progress tokens are derived from; shared by replicas and restarts. */
-  progressTokenKeyFile?: string;
   /** The Lease; the timings default to client-go's (15 s lease, 10 s renew deadline, 2 s retry period). */
   leaderElection: { enabled: boolean; namespace: string; name: string; identity?: string; leaseDurationSeconds?: number; renewDeadlineSeconds?: number; retryPeriodSeconds?: number };
   /**
@@ -83,8 +82,6 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const metrics = new OperatorMetrics();
   metrics.trackApiRequests(client.requestCounts);
   const keys = options.keySecret ? await loadOrCreateKeys({ client, ...options.keySecret, log }) : undefined;
-  const tokenKey = options.progressTokenKeyFile ? readFileSync(options.progressTokenKeyFile) : (keys?.tokenKey ?? randomBytes(32));
-  if (!options.progressTokenKeyFile && !keys) log("no --progress-token-key-file or --key-secret: using a random key; trainers of running jobs must re-register after a restart");
   const serving = options.progressTls
     ? ServingCertificate.fromFiles(options.progressTls.certFile, options.progressTls.keyFile, log)
     : keys
@@ -98,7 +95,6 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const controller = new FineTuneJobController({
     client,
     settings,
-    tokenKey,
     metrics,
     events,
     namespaces: options.namespaces,
@@ -114,7 +110,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const queueControllers = [queueController, kueueController].filter((each) => each !== undefined);
   const progress = new ProgressServer({
     client,
-    key: tokenKey,
+    // Trainers present the service account token projected into their pod for this audience (finetunejob/pods.ts).
+    tokenReviewer: new TokenReviewer(client, { audiences: [PROGRESS_AUDIENCE] }),
     tls: serving.get(),
     lookup: (namespace, name) => controller.job(namespace, name),
     podsOf: (job) => controller.podsOf(job),
@@ -204,6 +201,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       await elector?.stop();
       serving.stop();
       await progress.close();
+      // Events recorded by the last reconciles and reports are written before the client closes (bounded wait).
+      await events.stop();
       probes.closeAllConnections();
       await new Promise<void>((resolve) => probes.close(() => resolve()));
       client.close();

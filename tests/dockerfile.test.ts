@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { OPERATOR_NODE_FLAGS } from "../bin/operator-launch.mjs";
 
 // No container engine runs the tests, so the Dockerfile is checked as text: its stages, what each
 // final image inherits, and that the sources it copies are all that the CLI imports.
@@ -156,7 +157,9 @@ describe("the Dockerfile", () => {
     expect(builder.some((instruction) => instruction.keyword === "RUN" && /^node scripts\/build-operator\.mjs$/.test(instruction.args))).toBe(true);
     expect(builder.some((instruction) => instruction.keyword === "COPY" && /^--from=sources \/app \.\/$/.test(instruction.args))).toBe(true);
     expect(builder.some((instruction) => instruction.keyword === "RUN" && /\bnpm ci\b/.test(instruction.args))).toBe(true);
-    expect(effectiveEntrypoint("operator")).toEqual(["node", "--max-semi-space-size=1", "--optimize-for-size", "/app/bin/kubetune.mjs"]);
+    // The flags are bin/operator-launch.mjs's, which the benchmark runs the operator with too.
+    expect(effectiveEntrypoint("operator")).toEqual(["node", ...OPERATOR_NODE_FLAGS, "/app/bin/kubetune.mjs"]);
+    expect(OPERATOR_NODE_FLAGS).toEqual(["--max-semi-space-size=1", "--optimize-for-size"]);
     // The trainers keep V8's default heap sizing: they allocate far faster than the operator, and their memory is tensors.
     for (const trainer of ["trainer-cpu", "trainer-gpu"]) expect(effectiveEntrypoint(trainer)).toEqual(["node", "/app/bin/kubetune.mjs"]);
   });

@@ -33,7 +33,7 @@ describe("the operator bundle", () => {
     // A checkout in miniature: bin/kubetune.mjs, a "bundle" and a "CLI" that say which ran, one source file.
     const checkout = await mkdtemp(path.join(os.tmpdir(), "kubetune-bin-"));
     for (const folder of ["bin", "dist", "cli"]) await mkdir(path.join(checkout, folder));
-    await copyFile(path.join(root, "bin/kubetune.mjs"), path.join(checkout, "bin/kubetune.mjs"));
+    for (const file of ["bin/kubetune.mjs", "bin/operator-launch.mjs"]) await copyFile(path.join(root, file), path.join(checkout, file));
     await symlink(path.join(root, "node_modules"), path.join(checkout, "node_modules"));
     await writeFile(path.join(checkout, "cli/main.ts"), 'console.log(`sources: ${process.argv.slice(2).join(" ")}`);\n');
     await writeFile(path.join(checkout, "cli/source.ts"), "export {};\n");

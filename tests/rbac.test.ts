@@ -28,11 +28,13 @@ group("the chart's RBAC", () => {
     helm = (await resolveBinaries(["helm"])).helm;
   }, 600_000);
 
-  it("with watchNamespaces: a Role and RoleBinding in each listed namespace, and no cluster-wide grant to the operator", () => {
+  it("with watchNamespaces: a Role and RoleBinding in each listed namespace, and no cluster-wide grant to the operator but TokenReviews", () => {
     const { objects } = render(["watchNamespaces={team-a,team-b,team-a}"]);
     expect(kindsAndPlaces(objects)).toEqual([
       "ClusterRole -/kt-operator-edit",
+      "ClusterRole -/kt-operator-token-review",
       "ClusterRole -/kt-operator-view",
+      "ClusterRoleBinding -/kt-operator-token-review",
       "Role kubetune-system/kt-operator-self",
       "Role team-a/kt-operator",
       "Role team-b/kt-operator",
@@ -41,8 +43,9 @@ group("the chart's RBAC", () => {
       "RoleBinding team-b/kt-operator",
     ]);
     const grants = grantsOf(objects, operator);
-    expect(grants.filter((grant) => grant.namespace === "")).toEqual([]);
-    expect(new Set(grants.map((grant) => grant.namespace))).toEqual(new Set(["team-a", "team-b", "kubetune-system"]));
+    // Trainers' progress tokens are checked with TokenReviews, which are cluster-scoped and read nothing.
+    expect(grants.filter((grant) => grant.namespace === "").map(describe)).toEqual(["* authentication.k8s.io/tokenreviews create"]);
+    expect(new Set(grants.filter((grant) => grant.namespace !== "").map((grant) => grant.namespace))).toEqual(new Set(["team-a", "team-b", "kubetune-system"]));
   });
 
   it("without watchNamespaces: one ClusterRole for the jobs' resources, and still a namespaced Role for the Lease", () => {
@@ -50,8 +53,10 @@ group("the chart's RBAC", () => {
     expect(kindsAndPlaces(objects)).toEqual([
       "ClusterRole -/kt-operator",
       "ClusterRole -/kt-operator-edit",
+      "ClusterRole -/kt-operator-token-review",
       "ClusterRole -/kt-operator-view",
       "ClusterRoleBinding -/kt-operator",
+      "ClusterRoleBinding -/kt-operator-token-review",
       "Role kubetune-system/kt-operator-self",
       "RoleBinding kubetune-system/kt-operator-self",
     ]);
@@ -68,6 +73,8 @@ group("the chart's RBAC", () => {
         "kubetune-system coordination.k8s.io/leases update [kt-operator]",
       ]);
       expect(grants.filter((grant) => grant.resource === "secrets" && ["get", "list", "watch", "*"].includes(grant.verb))).toEqual([]);
+      // Its one Secret is its own keys Secret, in its own namespace: no Secret writes where the jobs are.
+      expect(grants.filter((grant) => grant.resource === "secrets").map(describe)).toEqual(["kubetune-system core/secrets create"]);
       expect(grants.filter((grant) => grant.verb === "*" || grant.resource === "*" || grant.apiGroup === "*")).toEqual([]);
     }
   });

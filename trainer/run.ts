@@ -157,11 +157,11 @@ export async function runFineTuneJob(spec: DefaultedFineTuneJobSpec, options: Ru
             : undefined;
     const rlaif = plan.objective.type === "rlaif" ? plan.objective : undefined;
     if (rlaif) {
-      // The settings' problems (full fine-tuning has no adapter-disabled reference) before any prompt is read.
+      // The settings' problems before any prompt is read.
       asJobError(() =>
         invalidSpec(() => {
           dpoObjective({ beta: rlaif.beta, labelSmoothing: rlaif.labelSmoothing }, injected);
-          checkRlaifOptions({ ...rlaif.rlaif, beta: rlaif.beta, labelSmoothing: rlaif.labelSmoothing }, injected);
+          checkRlaifOptions({ ...rlaif.rlaif, beta: rlaif.beta, labelSmoothing: rlaif.labelSmoothing });
         }),
       );
     }

@@ -29,7 +29,7 @@ const reasonDocs = {
   Completed: "Training finished and the outputs are written.",
   Suspended: "runPolicy.suspend is true: a checkpoint was saved and the trainer stopped.",
   Resumed: "runPolicy.suspend became false: training resumes from the last checkpoint.",
-  NameConflict: "An object the job needs (its trainer or preflight pod, its progress token Secret) exists under the job's fixed name but belongs to something else; the operator never takes it over. Delete or rename that object, then recreate the job.",
+  NameConflict: "An object the job needs (its trainer or preflight pod) exists under the job's fixed name but belongs to something else; the operator never takes it over. Delete or rename that object, then recreate the job.",
   ContainerConfigError: "The pod's container could not be configured for longer than the timeout: usually a Secret it references (storage.secretRef) is missing or lacks the key; the message says which.",
   ImagePullFailed: "The trainer image could not be pulled: check trainer.image and the pull secret.",
   Unschedulable: "No node fits the trainer pod: check resources, nodeSelector, tolerations and affinity.",

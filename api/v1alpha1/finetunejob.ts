@@ -311,10 +311,12 @@ const specSchema = s
     objective: s
       .object("What training minimises: next-token loss (sft), the DPO preference loss (dpo), a reward model's pairwise loss (reward), a classifier's cross-entropy (classification), or DPO on pairs that a judge picks from the model's own samples, round after round (rlaif).", {
         type: s.enumeration(
-          "sft: supervised fine-tuning on the target text; dpo: direct preference optimisation on chosen/rejected pairs; reward: a reward model, the adapter and a one-output score head on the last token (PEFT task_type SEQ_CLS, score in modules_to_save) trained with the Bradley-Terry loss -log σ(r_chosen - r_rejected) on chosen/rejected pairs; classification: the adapter and a score head with one output per class on the last token, trained with cross-entropy on the classification format (eval reports accuracy); rlaif: RLAIF with DPO, see objective.rlaif (adapter methods only: the DPO reference is the model with the adapter disabled).",
+          "sft: supervised fine-tuning on the target text; dpo: direct preference optimisation on chosen/rejected pairs; reward: a reward model, the adapter and a one-output score head on the last token (PEFT task_type SEQ_CLS, score in modules_to_save) trained with the Bradley-Terry loss -log σ(r_chosen - r_rejected) on chosen/rejected pairs; classification: the adapter and a score head with one output per class on the last token, trained with cross-entropy on the classification format (eval reports accuracy); rlaif: RLAIF with DPO, see objective.rlaif.",
           OBJECTIVE_TYPES,
         ).default("sft"),
-        dpo: s.object("DPO parameters (for objective dpo, and for the DPO steps of objective rlaif); the reference model is the base model, i.e. the model with the adapter disabled.", {
+        dpo: s.object(
+          "DPO parameters (for objective dpo, and for the DPO steps of objective rlaif). The reference model is, for adapter methods, the base model (the model with the adapter disabled); for method full, whose training changes the base weights, the reference log-probabilities are precomputed before the first step from the model as it is then (TRL's precompute_ref_log_probs) and kept beside the checkpoints, so that a resumed job uses the same ones.",
+          {
           beta: s.number("β in the loss -log σ(β Δ); higher keeps the tuned model closer to the reference.", {
             minimum: 0,
             exclusiveMinimum: true,
@@ -327,10 +329,11 @@ const specSchema = s
             // exclusiveMaximum as integers (0 < 0) and refuses the CRD.
             { minimum: 0, maximum: 0.5 },
           ).default(0),
-        }),
+          },
+        ),
         rlaif: s
           .object(
-            "RLAIF: each round samples responses to every prompt of dataset.train (format text; each record's prompt field, see dataset.fields.text) from the current policy, scores them with the judge, and trains DPO (objective.dpo's beta and labelSmoothing) on best-versus-worst pairs. The pairs and scores are written to <output.uri>/rlaif/round-<k>.jsonl.",
+            "RLAIF: each round samples responses to every prompt of dataset.train (format text; each record's prompt field, see dataset.fields.text) from the current policy, scores them with the judge, and trains DPO (objective.dpo's beta and labelSmoothing) on best-versus-worst pairs. The pairs and scores are written to <output.uri>/rlaif/round-<k>.jsonl. The learning rate follows one schedule (hyperparameters.scheduler and warmup) over all rounds' steps. With method full, each round's DPO reference is the policy as it was at the start of that round (iterative DPO); with adapter methods it is the base model in every round.",
             {
               rounds: s.integer("Rounds of sampling, judging and training.", { minimum: 1, maximum: 100 }).default(2),
               samplesPerPrompt: s.integer("Responses sampled per prompt and round; the best and the worst make a pair.", { minimum: 2, maximum: 64 }).default(4),
@@ -345,6 +348,12 @@ const specSchema = s
                 maximum: 1,
               }).default(1),
               maxNewTokens: s.integer("Tokens generated at most per response (generation stops earlier at EOS).", { minimum: 1, maximum: 4096 }).default(32),
+              minResponseTokens: s
+                .integer(
+                  "Responses of fewer tokens rank below every longer one whatever their score: never chosen, and rejected first. A guard against a judge that rates a bare '.' or one word well (reward hacking); 1 leaves out only empty responses.",
+                  { minimum: 1, maximum: 4096 },
+                )
+                .default(1),
               stepsPerRound: s.integer("DPO optimizer steps per round, over that round's pairs (batchSize pairs a micro-batch).", { minimum: 1, maximum: 100000 }).default(10),
               judge: s
                 .object("What scores the responses: a reward model folder (rewardModel), or the base model reading a judging template (template and verdictTokens).", {
@@ -379,7 +388,13 @@ const specSchema = s
                 })
                 .required(),
             },
-          ),
+          )
+          .rule({
+            cel: "!has(self.minResponseTokens) || !has(self.maxNewTokens) || self.minResponseTokens <= self.maxNewTokens",
+            check: (self) => self.minResponseTokens === undefined || self.maxNewTokens === undefined || self.minResponseTokens <= self.maxNewTokens,
+            message: "must be at most maxNewTokens: no response could be chosen",
+            fieldPath: ".minResponseTokens",
+          }),
       })
       .rule({
         cel: "!has(self.dpo) || self.type in ['dpo', 'rlaif']",

@@ -198,6 +198,10 @@ describe("objective rlaif", () => {
     expect(paths(rlaif({ judge: {} }))).toEqual(["spec.objective.rlaif.judge"]);
     expect(paths(rlaif({ judge: { template: "{response}" } }))).toEqual(["spec.objective.rlaif.judge.verdictTokens"]);
     expect(paths(rlaif({ judge: { template: "{prompt} only", verdictTokens: ["a", "b"] } }))).toEqual(["spec.objective.rlaif.judge.template"]);
+    const judge = { rewardModel: { uri: "s3://adapters/reward" } };
+    expect(validate(rlaif({ minResponseTokens: 4, maxNewTokens: 16, judge }))).toEqual([]);
+    expect(paths(rlaif({ minResponseTokens: 20, maxNewTokens: 16, judge }))).toEqual(["spec.objective.rlaif.minResponseTokens"]);
+    expect(paths(rlaif({ minResponseTokens: 0, judge }))).toEqual(["spec.objective.rlaif.minResponseTokens"]);
     expect(paths(rlaif({ judge: { rewardModel: { uri: "s3://adapters/reward" } } }, { dataset: { train: "s3://datasets/p.jsonl", format: "preference" } }))).toEqual(["spec.dataset.format", "spec.objective.type"]);
     expect(paths(rlaif({ judge: { rewardModel: { uri: "s3://adapters/reward" } } }, { hyperparameters: { maxSteps: 10 } }))).toEqual(["spec.hyperparameters"]);
   });

@@ -13,20 +13,19 @@ export function registerOperator(program: Command): void {
     .description("Run the kubetune operator: reconcile FineTuneJobs into trainer pods.")
     .addHelpText(
       "after",
-      "\nExamples:\n  $ kubetune operator --kubeconfig ~/.kube/config --progress-tls-cert tls.crt --progress-tls-key tls.key --progress-url https://my-host:8443\n  $ kubetune operator --key-secret kubetune-system/kubetune-operator-keys --key-secret-dir /etc/kubetune/keys\n\nThe Helm chart runs it with every flag: helm/kubetune/templates/deployment.yaml.",
+      "\nExamples:\n  $ kubetune operator --kubeconfig ~/.kube/config --progress-tls-cert tls.crt --progress-tls-key tls.key --progress-url https://my-host:8443\n  $ kubetune operator --key-secret kubetune-system/kubetune-operator-keys --key-secret-dir /etc/kubetune/keys\n  $ kubetune operator --key-secret kubetune-system/kubetune-operator-keys --key-secret-dir /etc/kubetune/keys --queues builtin,kueue\n\nThe Helm chart runs it with every flag: helm/kubetune/templates/deployment.yaml.",
     )
     .option("--kubeconfig <file>", "kubeconfig to use; in-cluster config or $KUBECONFIG when unset")
     .option("--namespaces <list>", "comma-separated namespaces to watch; all when unset", "")
     .option("--probe-address <host:port>", "address of /healthz, /readyz and /metrics", "0.0.0.0:8080")
     .option("--progress-address <host:port>", "address of the HTTPS progress endpoint", "0.0.0.0:8443")
     .option("--progress-url <url>", "the progress endpoint's URL as trainer pods reach it", "https://kubetune-operator.kubetune-system.svc:8443")
-    .option("--key-secret <namespace/name>", "Secret the operator keeps its progress CA and token key in: created when --key-secret-dir is empty, never read through the API")
+    .option("--key-secret <namespace/name>", "Secret the operator keeps its progress CA in: created when --key-secret-dir is empty, never read through the API")
     .option("--key-secret-dir <dir>", "where the operator's pod mounts the --key-secret Secret (the kubelet reads it)")
     .option("--progress-cert-hosts <list>", "comma-separated DNS names and IPs the operator's own serving certificate covers besides the --progress-url host", "")
     .option("--progress-tls-cert <file>", "certificate of the progress endpoint, instead of one made from --key-secret's CA (e.g. cert-manager's); reread when it changes")
     .option("--progress-tls-key <file>", "private key of --progress-tls-cert")
     .option("--progress-ca <file>", "CA certificate trainers use to verify --progress-tls-cert")
-    .option("--progress-token-key-file <file>", "key progress tokens are derived from, instead of --key-secret's; share it between replicas")
     .option("--secure-metrics <authorization>", "also serve /metrics on the HTTPS progress port: kubernetes (bearer tokens allowed to get /metrics, checked by TokenReview and SubjectAccessReview) or none (docs/metrics.md)")
     .option("--no-probe-metrics", "do not serve /metrics on the plain-HTTP probe port (use with --secure-metrics)")
     .option("--leader-elect", "elect a leader on a Lease so that only one replica acts", false)
@@ -45,13 +44,19 @@ export function registerOperator(program: Command): void {
     .option("--termination-grace <seconds>", "seconds a trainer gets to checkpoint after SIGTERM", "300")
     .option("--default-s3-endpoint <url>", "S3 endpoint for jobs that set none (e.g. an in-cluster MinIO)")
     .option("--default-s3-region <region>", "S3 region for jobs that set none")
+    .option(
+      "--queues <modes>",
+      "comma-separated queue controllers to run (docs/queues.md): builtin admits jobs whose spec.queueName is a FineTuneQueue (needs list and watch on the cluster-scoped finetunequeues), kueue makes a Kueue Workload for every other queueName; none when unset, and a job with queueName then waits Queued",
+    )
     .action(async (flags: Record<string, string | boolean | undefined>, command: Command) => {
       const seconds = (name: string) => Number(flags[name]);
       let tls: ReturnType<typeof progressTls>;
       let keys: ReturnType<typeof keySecret>;
+      let queues: ReturnType<typeof queueModes>;
       try {
         tls = progressTls(flags);
         keys = keySecret(flags);
+        queues = queueModes(flags.queues);
       } catch (error) {
         return command.error(`error: ${(error as Error).message}`, { exitCode: 2 });
       }
@@ -63,11 +68,11 @@ export function registerOperator(program: Command): void {
         progressTls: tls,
         keySecret: keys,
         progressCertHosts: String(flags.progressCertHosts ?? "").split(",").filter(Boolean),
-        progressTokenKeyFile: flags.progressTokenKeyFile as string | undefined,
         leaderElection: { enabled: Boolean(flags.leaderElect), namespace: String(flags.leaderElectionNamespace), name: String(flags.leaderElectionId) },
         secureMetrics: secureMetrics(flags),
         metricsOnProbePort: flags.probeMetrics !== false,
         concurrency: Number(flags.concurrency),
+        queues,
         settings: {
           defaultImage: String(flags.trainerImageCpu),
           gpuImage: String(flags.trainerImageGpu),
@@ -115,6 +120,17 @@ function keySecret(flags: Record<string, string | boolean | undefined>): { names
   if (!match) throw new Error(`--key-secret ${String(flags.keySecret)}: must be <namespace>/<name>`);
   if (!flags.keySecretDir) throw new Error("--key-secret needs --key-secret-dir: where the operator's pod mounts that Secret");
   return { namespace: match[1]!, name: match[2]!, dir: String(flags.keySecretDir) };
+}
+
+export const QUEUE_MODES = ["builtin", "kueue"] as const;
+
+/** --queues builtin,kueue as startOperator's queues option; an unknown or empty entry is an error naming the flag. */
+export function queueModes(value: string | boolean | undefined): { builtIn: boolean; kueue: boolean } {
+  if (value === undefined) return { builtIn: false, kueue: false };
+  const modes = String(value).split(",").map((mode) => mode.trim().toLowerCase());
+  const unknown = modes.filter((mode) => !(QUEUE_MODES as readonly string[]).includes(mode));
+  if (unknown.length) throw new Error(`--queues ${String(value)}: unknown queue mode ${unknown.map((mode) => JSON.stringify(mode)).join(", ")}; the modes are builtin and kueue (e.g. --queues builtin,kueue)`);
+  return { builtIn: modes.includes("builtin"), kueue: modes.includes("kueue") };
 }
 
 function secureMetrics(flags: Record<string, string | boolean | undefined>): "kubernetes" | "none" | undefined {

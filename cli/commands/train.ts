@@ -11,7 +11,7 @@ import { formatEventJson, loadManifest, runWithSignals, type ProgressDisplay } f
  * `kubetune train`: what the trainer pod runs. The job comes from KUBETUNE_JOB_SPEC, the
  * defaulted spec as JSON, which the operator sets (or from a manifest file, for debugging).
  * It logs one JSON object per line on stdout (the format of `kubetune run --json`), sends
- * progress to the operator when KUBETUNE_PROGRESS_URL and _TOKEN are set, and on failure ends
+ * progress to the operator when KUBETUNE_PROGRESS_URL and _TOKEN_FILE are set, and on failure ends
  * with one plain `Reason: message` line, also written to /dev/termination-log, which the
  * operator reads as the failure's reason. Exit codes: 0 done, 75 stopped with a checkpoint
  * (SIGTERM), 1 failed.

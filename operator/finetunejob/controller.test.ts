@@ -23,7 +23,6 @@ const settings: DecideSettings = {
 const jobPath = (name?: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name });
 const statusPath = (name: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name, subresource: "status" });
 const podPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "pods", namespace, name });
-const secretPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name });
 
 function manifest(name: string, spec: Record<string, unknown> = {}): FineTuneJob {
   return {
@@ -65,7 +64,6 @@ describe("FineTuneJobController against a lagging cache", () => {
     controller = new FineTuneJobController({
       client,
       settings: { ...settings, ...overrides },
-      tokenKey: Buffer.alloc(32, 1),
       metrics: (metrics = new OperatorMetrics()),
       events: new EventRecorder(client, "test"),
       namespaces: [namespace],
@@ -145,18 +143,17 @@ describe("FineTuneJobController against a lagging cache", () => {
     });
   });
 
-  it("recreates the token Secret when someone deletes it, before the next pod needs it", async () => {
+  it("starts a job with at most 4 API writes and no Secret: the trainer's progress token is projected, not stored", async () => {
     const kube = new FakeKube();
-    await kube.create(jobPath(), manifest("tune"));
+    await kube.create(jobPath(), { ...manifest("tune"), metadata: { name: "tune", namespace } });
+    const before = kube.calls.length;
     await start(kube);
-    await until("the Secret", () => kube.stored(secretPath("tune-progress")));
-    await kube.delete(secretPath("tune-progress"));
-    // The trainer fails; the next attempt needs the Secret again.
-    await kube.update(podPath("tune-train-1"), (pod) => {
-      (pod as V1Pod).status = { phase: "Failed", containerStatuses: [{ name: "trainer", image: "", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode: 1, finishedAt: new Date(Date.now() - 3600_000) } } }] };
-    });
-    await until("attempt 2", () => kube.stored(podPath("tune-train-2")), 5000);
-    expect(kube.stored(secretPath("tune-progress"))).toBeDefined();
+    await until("attempt 1 in status", () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts === 1 || undefined);
+    await sleep(300);
+    const writes = kube.calls.slice(before).filter((call) => !["GET", "LIST", "WATCH"].includes(call.method));
+    expect(writes.filter((call) => call.path.includes("/secrets"))).toEqual([]);
+    expect(writes.length, writes.map((call) => `${call.method} ${call.path}`).join("\n")).toBeLessThanOrEqual(4);
+    expect(kube.stored<V1Pod>(podPath("tune-train-1"))?.spec?.containers[0]?.env?.find((variable) => variable.name === "KUBETUNE_PROGRESS_TOKEN_FILE")?.value).toBe("/var/run/secrets/kubetune.io/progress/token");
   });
 
   it("reconciles a job from its own pods (an index by owner), never scanning the caches", async () => {

@@ -1,21 +1,18 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { isDeepStrictEqual } from "node:util";
-import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { GROUP, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
 import { ApiError, isAlreadyExists, isNotFound, resourcePath, type KubeClient, type KubeObject } from "../../kube/client.ts";
 import { Informer, keepOnlyFields } from "../../kube/informer.ts";
 import type { OperatorMetrics } from "../metrics.ts";
-import { progressToken } from "../progress/token.ts";
 import type { EventRecorder } from "../runtime/events.ts";
 import { Expectations } from "../runtime/expectations.ts";
 import { WorkQueue } from "../runtime/workqueue.ts";
 import { decide, decideNameConflict, type Action, type Decision, type DecideSettings } from "./decide.ts";
-import { FINALIZER, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_NAME, TOKEN_SECRET_KEY, tokenSecretName, trainerPodName } from "./pods.ts";
+import { FINALIZER, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_NAME, trainerPodName } from "./pods.ts";
 
 export interface ControllerOptions {
   client: KubeClient;
   settings: DecideSettings;
-  /** Key the progress tokens are derived from. */
-  tokenKey: Buffer;
   metrics: OperatorMetrics;
   events: EventRecorder;
   /** Watch only these namespaces; all when empty. */
@@ -53,6 +50,12 @@ export class FineTuneJobController {
   private running = false;
   /** Pods this process created that the pod cache has not shown yet. */
   private readonly expectations = new Expectations();
+  /**
+   * Versions of each job that this process's own writes (finalizer, status) replaced, until the
+   * cache shows a newer one: a reconcile that starts from one of them would redo the write and
+   * meet a conflict (a pod's event can wake it before the job's own event has arrived).
+   */
+  private readonly replaced = new Map<string, string[]>();
   /** Reconciles completed since start; the benchmark reads it. */
   reconciles = 0;
 
@@ -89,6 +92,7 @@ export class FineTuneJobController {
           options.metrics.jobDeleted(job);
           options.metrics.removeJob(job.metadata.namespace!, job.metadata.name!);
           this.expectations.forget(keyOf(job));
+          this.replaced.delete(keyOf(job));
         },
       });
     }
@@ -175,6 +179,10 @@ export class FineTuneJobController {
     const [namespace, name] = key.split("/") as [string, string];
     const cached = this.job(namespace, name);
     if (!cached) return undefined;
+    // The cache has not caught up with our own last write of the job: its watch event brings the job back (and the
+    // requeue in a second, should that event be lost with a watch).
+    if (this.replaced.get(key)?.includes(cached.metadata.resourceVersion!)) return 1;
+    this.replaced.delete(key);
     // Our own writes update this copy's resourceVersion, never the cache's object.
     const job: FineTuneJob = { ...cached, metadata: { ...cached.metadata } };
     // Pods this process created are not all in the cache yet: deciding now would see them as missing.
@@ -184,13 +192,14 @@ export class FineTuneJobController {
     let decision = decide(job, pods, new Date(), this.options.settings);
     if (await this.previousAttemptStillExists(job, pods, decision)) return 1;
     try {
-      for (const action of decision.actions) await this.act(job, action);
+      await this.actAll(job, decision.actions);
     } catch (error) {
       if (!(error instanceof NameConflictError)) throw error;
       decision = decideNameConflict(job, error.object, new Date());
     }
-    // Events first: they tell of actions already taken, which a status write refused as stale must not hide.
-    for (const event of decision.events) await this.options.events.record(job, event.type, event.reason, event.message);
+    // Events first: they tell of actions already taken, which a status write refused as stale must not hide. record()
+    // only queues them (written in the background, in order): the reconcile never waits on an Event write.
+    for (const event of decision.events) this.options.events.record(job, event.type, event.reason, event.message);
     if (decision.status && !job.metadata.deletionTimestamp) await this.writeStatus(job, decision.status);
     this.observeMetrics(job, decision);
     return decision.requeueAfterSeconds;
@@ -217,54 +226,44 @@ export class FineTuneJobController {
     }
   }
 
+  /**
+   * Takes the actions in order, each after the one before, but for a new job's first two: its
+   * finalizer and its first pod are sent together (one round trip instead of two before the pod
+   * exists; the API server's latency, not the operator, bounds a burst of new jobs). Neither needs
+   * the other: the pod names the job as its controlling owner, so should the job go before the
+   * finalizer lands, garbage collection removes the pod, and a finalizer patch that fails fails
+   * the reconcile as before (the pod made meanwhile is adopted by the next one, as after a crash
+   * between the two). The status write still follows both, conditional on the finalizer's version.
+   */
+  private async actAll(job: FineTuneJob, actions: Action[]): Promise<void> {
+    for (let index = 0; index < actions.length; index += 1) {
+      const action = actions[index]!;
+      const next = actions[index + 1];
+      if (action.kind === "addFinalizer" && next?.kind === "createPod") {
+        const [finalizer, pod] = await Promise.allSettled([this.act(job, action), this.act(job, next)]);
+        if (finalizer.status === "rejected") throw finalizer.reason;
+        if (pod.status === "rejected") throw pod.reason;
+        index += 1;
+        continue;
+      }
+      await this.act(job, action);
+    }
+  }
+
   private async act(job: FineTuneJob, action: Action): Promise<void> {
     const { client } = this.options;
     const namespace = job.metadata.namespace!;
     const jobPath = resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name: job.metadata.name });
     const podPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "pods", namespace, name });
-    const secretPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name });
     switch (action.kind) {
       case "addFinalizer":
         // The status write that follows is conditional on the resourceVersion this write makes.
-        job.metadata.resourceVersion = (await client.patch<FineTuneJob>(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "add", path: "/metadata/finalizers", value: [...(job.metadata.finalizers ?? []), FINALIZER] }], "json")).metadata.resourceVersion;
+        this.wrote(job, await client.patch<FineTuneJob>(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "add", path: "/metadata/finalizers", value: [...(job.metadata.finalizers ?? []), FINALIZER] }], "json"));
         return;
       case "removeFinalizer":
         await client
           .patch(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "replace", path: "/metadata/finalizers", value: (job.metadata.finalizers ?? []).filter((entry) => entry !== FINALIZER) }], "json")
           .catch(ignoreNotFound);
-        return;
-      case "ensureTokenSecret": {
-        const secret = {
-          apiVersion: "v1",
-          kind: "Secret",
-          metadata: {
-            name: tokenSecretName(job.metadata.name!),
-            namespace,
-            labels: { [LABEL_JOB_NAME]: job.metadata.name! },
-            ownerReferences: [{ apiVersion: API_VERSION, kind: KIND, name: job.metadata.name!, uid: job.metadata.uid!, controller: true, blockOwnerDeletion: true }],
-          },
-          type: "Opaque",
-          // The token of the attempt about to start: a pod of an earlier attempt cannot report for this one.
-          stringData: { [TOKEN_SECRET_KEY]: progressToken(this.options.tokenKey, { namespace, name: job.metadata.name!, uid: job.metadata.uid!, attempt: action.attempt }) },
-        };
-        try {
-          await client.create(secretPath(), secret);
-        } catch (error) {
-          if (!isAlreadyExists(error)) throw error;
-          // It exists: if it is this job's (an earlier attempt's, or an earlier operator's with another key), make sure
-          // it holds our token. The test operation makes the write conditional on ownership, without reading the Secret.
-          const token = Buffer.from(secret.stringData[TOKEN_SECRET_KEY]).toString("base64");
-          try {
-            await client.patch(secretPath(secret.metadata.name), [{ op: "test", path: "/metadata/ownerReferences/0/uid", value: job.metadata.uid }, { op: "add", path: `/data/${TOKEN_SECRET_KEY}`, value: token }], "json");
-          } catch (patchError) {
-            if (patchError instanceof ApiError && patchError.status === 422) throw new NameConflictError({ kind: "Secret", name: secret.metadata.name });
-            throw patchError;
-          }
-        }
-        return;
-      }
-      case "deleteTokenSecret":
-        await client.delete(secretPath(tokenSecretName(job.metadata.name!))).catch(ignoreNotFound);
         return;
       case "createPod": {
         const key = `${namespace}/${job.metadata.name}`;
@@ -305,7 +304,18 @@ export class FineTuneJobController {
     const statusPath = resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace: job.metadata.namespace, name: job.metadata.name, subresource: "status" });
     // The resourceVersion makes the write conditional: a reconcile that read a stale job gets 409 and runs again on the
     // fresh one, instead of replacing what was written since (conditions are replaced whole by a merge patch).
-    await this.options.client.patch(statusPath, { metadata: { resourceVersion: job.metadata.resourceVersion }, status: changed });
+    this.wrote(job, await this.options.client.patch<FineTuneJob>(statusPath, { metadata: { resourceVersion: job.metadata.resourceVersion }, status: changed }));
+  }
+
+  /**
+   * After a conditional write of the job: its copy takes the version the write made (the next write is conditional
+   * on it), and the version it replaced is noted, so that a reconcile does not start from it again.
+   */
+  private wrote(job: FineTuneJob, written: FineTuneJob): void {
+    const key = `${job.metadata.namespace}/${job.metadata.name}`;
+    // A reconcile writes the job at most twice (finalizer, then status); a few more cover back-to-back reconciles.
+    this.replaced.set(key, [...(this.replaced.get(key) ?? []), job.metadata.resourceVersion!].slice(-4));
+    job.metadata.resourceVersion = written.metadata.resourceVersion;
   }
 
   private observeMetrics(job: FineTuneJob, decision: ReturnType<typeof decide>): void {
@@ -321,7 +331,10 @@ export class FineTuneJobController {
       metrics.queueWait.observe((Date.now() - Date.parse(String(job.metadata.creationTimestamp))) / 1000);
     }
     for (const event of decision.events) if (event.reason === "Retrying") metrics.retries.inc({ reason: /\(([A-Za-z]+):/.exec(event.message)?.[1] ?? "Unknown" });
-    metrics.gpus.set(labels, after === "Running" ? (job.spec?.resources?.gpus ?? 0) : 0);
+    // Only the running attempt has a series (docs/metrics.md): at 10,000 queued or finished jobs a
+    // zero series each would cost the operator megabytes and Prometheus as many series.
+    if ((after ?? before) === "Running") metrics.gpus.set(labels, job.spec?.resources?.gpus ?? 0);
+    else metrics.gpus.remove(labels);
     if (after) metrics.setJobState(labels.namespace, labels.job, after, after === "Running" ? lastProgressOf(decision.status!) : undefined);
   }
 }

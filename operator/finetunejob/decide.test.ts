@@ -260,6 +260,21 @@ describe("decide", () => {
     expect(resumed.actions.some((action) => action.kind === "createPod")).toBe(true);
   });
 
+  it("comes back when activeDeadlineSeconds runs out, though nothing about the job changes by then (a trainer that stopped reporting)", () => {
+    // As the Job controller requeues a Job for the moment its deadline passes.
+    const j = job({ spec: { runPolicy: { activeDeadlineSeconds: 100 } }, status: { conditions: [preflightPassed], attempts: 1, phase: "Running", startTime: now.toISOString() } });
+    const training = decide(j, [podOf(j, 1, "Running")], seconds(40), settings);
+    expect(training.requeueAfterSeconds).toBe(61);
+    expect(decide(j, [podOf(j, 1, "Running")], seconds(40 + 61), settings).status?.conditions?.find((c) => c.type === "Failed")?.reason).toBe("DeadlineExceeded");
+    // A sooner check (a pod still starting) keeps its own time; no clock runs while the job waits in its queue.
+    expect(decide(j, [podOf(j, 1, "Pending")], seconds(40), settings).requeueAfterSeconds).toBe(15);
+    const queued = job({ spec: { queueName: "gpus", runPolicy: { activeDeadlineSeconds: 100 } }, status: { conditions: [preflightPassed], attempts: 1, phase: "Queued", startTime: now.toISOString() } });
+    expect(decide(queued, [], seconds(40), settings).requeueAfterSeconds).toBeUndefined();
+    // A year's deadline comes back within a day, to look again: a timer that long would overflow and fire at once.
+    const yearLong = job({ spec: { runPolicy: { activeDeadlineSeconds: 31_536_000 } }, status: { conditions: [preflightPassed], attempts: 1, phase: "Running", startTime: now.toISOString() } });
+    expect(decide(yearLong, [podOf(yearLong, 1, "Running")], seconds(40), settings).requeueAfterSeconds).toBe(86_400);
+  });
+
   it("fails a pod stuck in CreateContainerConfigError after the timeout, naming the missing Secret", () => {
     const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running", startTime: now.toISOString() } });
     const waiting = { state: { waiting: { reason: "CreateContainerConfigError", message: 'secret "s3-creds" not found' } } } as never;
@@ -269,14 +284,14 @@ describe("decide", () => {
     expect(failedCondition).toMatchObject({ reason: "ContainerConfigError", message: expect.stringContaining('secret "s3-creds" not found') });
   });
 
-  it("makes the token Secret again when the pod waits for it, and with every new attempt", () => {
+  it("starts each new attempt with its pod alone: no Secret to write, the progress token is projected into the pod", () => {
     const j = job({ status: { conditions: [preflightPassed], attempts: 1, phase: "Running", startTime: now.toISOString() } });
-    const waiting = { state: { waiting: { reason: "CreateContainerConfigError", message: 'secret "tune-progress" not found' } } } as never;
-    expect(decide(j, [podOf(j, 1, "Pending", { containerStatuses: [waiting] })], seconds(5), settings).actions).toContainEqual({ kind: "ensureTokenSecret", attempt: 1 });
     const next = decide(j, [failed(j, 1, { exitCode: 1 }, 0, seconds(-1000))], now, settings);
-    // The Secret gets the new attempt's token: the token of attempt 1 is not valid for attempt 2.
-    expect(next.actions.slice(0, 1)).toEqual([{ kind: "ensureTokenSecret", attempt: 2 }]);
-    expect(next.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret", "createPod"]);
+    expect(next.actions.map((action) => action.kind)).toEqual(["createPod"]);
+    const pod = (next.actions[0] as { pod: V1Pod }).pod;
+    expect(pod.spec?.volumes?.find((volume) => volume.name === "progress-token")?.projected?.sources).toEqual([
+      { serviceAccountToken: { audience: "kubetune-progress", expirationSeconds: 3600, path: "token" } },
+    ]);
   });
 
   it("keeps the failure count in status: deleting the pods does not reset backoffLimit", () => {
@@ -304,11 +319,11 @@ describe("decide", () => {
     expect(decision.status?.conditions?.find((c) => c.type === "PreflightChecked")).toMatchObject({ status: "False", reason: "ModelNotFound", message: expect.stringContaining("config.json") });
   });
 
-  it("fails with NameConflict naming an object the job does not own, and never deletes that Secret later", () => {
+  it("fails with NameConflict naming an object the job does not own, and later removes only its finalizer", () => {
     const j = job({ status: { phase: "Pending" } });
-    const decision = decideNameConflict(j, { kind: "Secret", name: "tune-progress" }, now);
+    const decision = decideNameConflict(j, { kind: "Pod", name: "tune-preflight" }, now);
     expect(decision.status?.phase).toBe("Failed");
-    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "NameConflict", message: expect.stringContaining("Secret team-a/tune-progress already exists") });
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "NameConflict", message: expect.stringContaining("Pod team-a/tune-preflight already exists") });
     expect(decision.events).toEqual([expect.objectContaining({ type: "Warning", reason: "NameConflict" })]);
     const deleting = job({ deleting: true, status: decision.status });
     expect(decide(deleting, [], now, settings).actions).toEqual([{ kind: "removeFinalizer" }]);
@@ -328,7 +343,7 @@ describe("decide", () => {
         expect(decision.status?.conditions?.find((c) => c.type === "Ready")?.message).toMatch(/waiting for/);
       }
       const go = decide(queued([admitted("True", "Admitted"), preflightPassed]), [], now, settings);
-      expect(go.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret", "createPod"]);
+      expect(go.actions.map((action) => action.kind)).toEqual(["createPod"]);
       expect(go.status?.phase).toBe("Running");
     });
 
@@ -352,8 +367,36 @@ describe("decide", () => {
       // Admitted again: attempt 2 resumes from the checkpoint, and nothing counts as failed.
       const again = queued([admitted("True", "Admitted"), preflightPassed], { ...gone.status, conditions: [admitted("True", "Admitted"), preflightPassed] });
       const resumed = decide(again, [], seconds(6), settings);
-      expect(resumed.actions.map((action) => action.kind)).toEqual(["ensureTokenSecret", "createPod"]);
+      expect(resumed.actions.map((action) => action.kind)).toEqual(["createPod"]);
       expect(resumed.status).toMatchObject({ attempts: 2, failedAttempts: 0 });
+    });
+
+    it("does not count time a preempted job spends stopping or queued against activeDeadlineSeconds: its next admission starts the clock again", () => {
+      // The Job controller's rule, which Kueue's suspend/resume relies on: no deadline while suspended, startTime reset on resume.
+      const deadline = { activeDeadlineSeconds: 100 };
+      const checkpoint = { step: 3, uri: "s3://out/tune/checkpoints/step-3", time: now.toISOString() };
+      const withDeadline = (conditions: NonNullable<FineTuneJob["status"]>["conditions"], rest: Partial<NonNullable<FineTuneJob["status"]>>) =>
+        job({ spec: { queueName: "gpus", runPolicy: deadline }, status: { conditions, ...rest } });
+      const preempted = [admitted("False", "Preempted", "preempted by a/urgent"), preflightPassed, { type: "Running", status: "True", reason: "Training", message: "", lastTransitionTime: now.toISOString() } as const];
+      const j = withDeadline(preempted, { phase: "Running", attempts: 1, failedAttempts: 0, startTime: now.toISOString(), lastCheckpoint: checkpoint });
+      // Preempted at 90 s; the trainer is still saving its checkpoint when the 100 s pass: it stops, it does not fail.
+      const stopping = decide(j, [podOf(j, 1, "Running")], seconds(101), settings);
+      expect(stopping.status?.phase).toBe("Running");
+      expect(stopping.actions).toEqual([{ kind: "deletePod", name: "tune-train-1" }]);
+      // Then it waits in the queue for 15 minutes, far past its deadline.
+      const waiting = decide(j, [], seconds(1000), settings);
+      expect(waiting.status?.phase).toBe("Queued");
+      expect(waiting.status?.conditions?.find((c) => c.type === "Failed")).toBeUndefined();
+      // Admitted again: the resumed attempt starts with a whole deadline of its own.
+      const readmitted = [admitted("True", "Admitted"), preflightPassed];
+      const resumed = decide(withDeadline(readmitted, { ...waiting.status, conditions: readmitted }), [], seconds(1000), settings);
+      expect(resumed.actions.map((action) => action.kind)).toEqual(["createPod"]);
+      expect(resumed.status).toMatchObject({ phase: "Running", attempts: 2, failedAttempts: 0, startTime: seconds(1000).toISOString() });
+      const training = withDeadline(resumed.status!.conditions!, resumed.status!);
+      expect(decide(training, [podOf(training, 2, "Running")], seconds(1099), settings).status?.phase).toBe("Running");
+      // The deadline still holds for the time it runs.
+      const late = decide(training, [podOf(training, 2, "Running")], seconds(1101), settings);
+      expect(late.status?.conditions?.find((c) => c.type === "Failed")?.reason).toBe("DeadlineExceeded");
     });
 
     it("resumes a suspended job into its queue, no longer marked Suspended", () => {
@@ -375,7 +418,7 @@ describe("decide", () => {
   it("on deletion stops every pod, then releases the finalizer once they are gone", () => {
     const j = job({ deleting: true, status: { attempts: 1 } });
     expect(decide(j, [podOf(j, 1, "Running")], now, settings).actions).toEqual([{ kind: "deletePod", name: "tune-train-1" }]);
-    expect(decide(j, [], now, settings).actions).toEqual([{ kind: "deleteTokenSecret" }, { kind: "removeFinalizer" }]);
+    expect(decide(j, [], now, settings).actions).toEqual([{ kind: "removeFinalizer" }]);
   });
 
   it("is idempotent: the same world gives the same decision", () => {

@@ -23,7 +23,6 @@ import {
   LABEL_COMPONENT,
   preflightPod,
   preflightPodName,
-  tokenSecretName,
   trainerPod,
   trainerPodName,
   type PodSettings,
@@ -64,9 +63,6 @@ export const DEFAULT_INTERRUPTION_LIMIT = 10;
 export type Action =
   | { kind: "addFinalizer" }
   | { kind: "removeFinalizer" }
-  /** The Secret the attempt's pod reads its progress token from, holding that attempt's token. */
-  | { kind: "ensureTokenSecret"; attempt: number }
-  | { kind: "deleteTokenSecret" }
   | { kind: "createPod"; pod: V1Pod }
   | { kind: "deletePod"; name: string }
   | { kind: "deleteJob" };
@@ -102,6 +98,9 @@ interface Outcome {
 export function decide(job: FineTuneJob, pods: V1Pod[], now: Date, settings: DecideSettings): Decision {
   const decision = decideLifecycle(job, pods, now, settings);
   if (decision.status) decision.status = withSummaryConditions(decision.status, job.metadata.generation, now);
+  // Nothing need change when the deadline passes (a trainer may stop reporting): come back then, as the Job controller does.
+  const deadline = deadlineRemaining(job, decision.status, now);
+  if (deadline !== undefined) decision.requeueAfterSeconds = Math.min(decision.requeueAfterSeconds ?? deadline, deadline);
   return decision;
 }
 
@@ -119,9 +118,7 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   if (job.metadata.deletionTimestamp) {
     // Deleted: stop every pod (graceful, so the trainer checkpoints), then let the job go.
     for (const pod of pods) if (!pod.metadata?.deletionTimestamp) actions.push({ kind: "deletePod", name: pod.metadata!.name! });
-    // A job that failed on a name conflict may not own a Secret of that name: owner-reference garbage collection removes ours.
-    const conflicted = current.conditions?.some((condition) => condition.type === "Failed" && condition.reason === "NameConflict");
-    if (pods.length === 0) actions.push(...(conflicted ? [] : [{ kind: "deleteTokenSecret" } as const]), { kind: "removeFinalizer" });
+    if (pods.length === 0) actions.push({ kind: "removeFinalizer" });
     return { actions, events, requeueAfterSeconds: pods.length ? 2 : undefined };
   }
   if (!job.metadata.finalizers?.includes(FINALIZER)) actions.push({ kind: "addFinalizer" });
@@ -159,7 +156,11 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   const spec = applyDefaults(job.spec);
 
   const deadline = spec.runPolicy.activeDeadlineSeconds;
-  if (deadline !== undefined && current.startTime && current.phase !== "Suspended" && now.getTime() - Date.parse(current.startTime) > deadline * 1000) {
+  // The clock stops while the job is suspended or not admitted by its queue (a preempted trainer still stopping included),
+  // and starts again when it leaves either state (startTime below), as the Job controller's does for a suspended Job
+  // (which is how Kueue preempts one).
+  const clockStopped = current.phase === "Suspended" || current.phase === "Queued" || queueGate(job).kind === "wait";
+  if (deadline !== undefined && current.startTime && !clockStopped && now.getTime() - Date.parse(current.startTime) > deadline * 1000) {
     return finish("Failed", "DeadlineExceeded", `the job ran longer than runPolicy.activeDeadlineSeconds (${deadline}s)`);
   }
 
@@ -196,8 +197,9 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   }
   const resuming = current.phase === "Suspended";
   // startTime marks when the job became active (preflight included), so that activeDeadlineSeconds counts every pod,
-  // started or stuck; a resume starts it again, as the Job controller does, so that suspended time does not count.
-  status.startTime = resuming || !current.startTime ? now.toISOString() : current.startTime;
+  // started or stuck; a resume, or an admission after waiting in the queue (a preemption), starts it again, as the Job
+  // controller does on unsuspending, so that suspended and queued time do not count.
+  status.startTime = resuming || current.phase === "Queued" || !current.startTime ? now.toISOString() : current.startTime;
   if (resuming) {
     setCondition("Suspended", "False", "Resumed", "runPolicy.suspend is false: training resumes from the last checkpoint");
     events.push({ type: "Normal", reason: "Resumed", message: "training resumes from the last checkpoint" });
@@ -243,8 +245,6 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
     // An attempt is under way.
     const stuck = stuckReason(latest, now, settings);
     if (stuck) return finish("Failed", stuck.reason, stuck.message);
-    // The token Secret was deleted under a pod that still has to start: make it again (the kubelet retries).
-    if (isWaitingForSecret(latest, tokenSecretName(name))) actions.push({ kind: "ensureTokenSecret", attempt });
     status.phase = "Running";
     const running = latest.status?.phase === "Running";
     setCondition("Running", running ? "True" : "False", running ? "Training" : "PodCreated", running ? `attempt ${attempt} is training` : `attempt ${attempt} is starting`);
@@ -304,8 +304,7 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
 
   // Start the next attempt; it resumes from the newest checkpoint by itself.
   const next = Math.max(attempt, current.attempts ?? 0) + 1;
-  // The Secret is ensured with every attempt, not once: someone may have deleted it since the last.
-  actions.push({ kind: "ensureTokenSecret", attempt: next }, { kind: "createPod", pod: trainerPod(job, spec, next, failures, settings, history) });
+  actions.push({ kind: "createPod", pod: trainerPod(job, spec, next, failures, settings, history) });
   status.attempts = next;
   status.phase = "Running";
   setCondition("Running", "False", "PodCreated", `attempt ${next} is starting`);
@@ -447,14 +446,17 @@ function stuckReason(pod: V1Pod, now: Date, settings: DecideSettings): { reason:
   return undefined;
 }
 
-/** The kubelet cannot start the container because the named Secret is missing. */
-function isWaitingForSecret(pod: V1Pod, secretName: string): boolean {
-  const waiting = pod.status?.containerStatuses?.[0]?.state?.waiting;
-  return waiting?.reason === "CreateContainerConfigError" && (waiting.message ?? "").includes(`"${secretName}"`);
-}
-
 function stuckCheckDelay(settings: DecideSettings): number {
   return Math.max(1, Math.min(settings.imagePullTimeoutSeconds, settings.unschedulableTimeoutSeconds) / 4);
+}
+
+/** Seconds until an active job is past runPolicy.activeDeadlineSeconds; undefined while no clock runs (queued, suspended, finished). */
+function deadlineRemaining(job: FineTuneJob, status: FineTuneJobStatus | undefined, now: Date): number | undefined {
+  const deadline = job.spec?.runPolicy?.activeDeadlineSeconds;
+  if (deadline === undefined || !status?.startTime || (status.phase !== "Pending" && status.phase !== "Running")) return undefined;
+  // A whole second more: the deadline check fails a job only once more than the deadline has passed. At most a day: a
+  // later reconcile looks again, and a timer of more than 24.8 days (the spec allows a year) would fire at once.
+  return Math.min(86_400, Math.max(1, Math.floor((Date.parse(status.startTime) + deadline * 1000 - now.getTime()) / 1000) + 1));
 }
 
 function ttlRemaining(job: FineTuneJob, status: FineTuneJobStatus, now: Date): number | undefined {

@@ -68,7 +68,34 @@ describe("the trainer pod's image", () => {
       capabilities: { drop: ["ALL"] },
       seccompProfile: { type: "RuntimeDefault" },
     });
-    expect(container.volumeMounts).toEqual([{ name: "scratch", mountPath: "/scratch" }]);
+    expect(container.volumeMounts).toEqual([
+      { name: "scratch", mountPath: "/scratch" },
+      { name: "progress-token", mountPath: "/var/run/secrets/kubetune.io/progress", readOnly: true },
+    ]);
+  });
+});
+
+describe("the trainer pod's progress token", () => {
+  it("is a service account token projected for the progress endpoint alone, which the trainer reads from a file; no Secret holds it", () => {
+    const j = job();
+    const pod = trainerPod(j, applyDefaults(j.spec), 2, 0, settings);
+    expect(pod.spec?.volumes?.find((volume) => volume.name === "progress-token")).toEqual({
+      name: "progress-token",
+      projected: { sources: [{ serviceAccountToken: { audience: "kubetune-progress", expirationSeconds: 3600, path: "token" } }] },
+    });
+    const env = pod.spec!.containers[0]!.env!;
+    expect(env.find((variable) => variable.name === "KUBETUNE_PROGRESS_TOKEN_FILE")?.value).toBe("/var/run/secrets/kubetune.io/progress/token");
+    expect(env.filter((variable) => variable.valueFrom?.secretKeyRef)).toEqual([]);
+    // The API token stays off unless the job names a service account (for S3 through IRSA or workload identity).
+    expect(pod.spec?.automountServiceAccountToken).toBe(false);
+    expect(pod.spec?.securityContext).toMatchObject({ runAsNonRoot: true });
+    expect(pod.spec!.containers[0]!.securityContext?.readOnlyRootFilesystem).toBe(true);
+  });
+
+  it("is not given to the preflight pod, which reports nothing", () => {
+    const j = job();
+    const pod = preflightPod(j, applyDefaults(j.spec), settings);
+    expect(pod.spec?.volumes?.map((volume) => volume.name)).toEqual(["scratch"]);
   });
 });
 

@@ -13,11 +13,18 @@ export const ANNOTATION_INTERRUPTIONS_BEFORE = "kubetune.io/interruptions-before
 export const ANNOTATION_RESUME_STEP = "kubetune.io/resume-step";
 export const FINALIZER = "kubetune.io/finalizer";
 
-/** The per-job Secret holding the trainer's progress token (the operator creates it, never reads it). */
-export function tokenSecretName(jobName: string): string {
-  return `${jobName}-progress`;
-}
-export const TOKEN_SECRET_KEY = "token";
+/**
+ * The trainer's progress token: a service account token the kubelet projects into the trainer
+ * pod, bound to that pod and meant only for the operator's progress endpoint (this audience;
+ * the API server refuses it anywhere else). The operator checks it with a TokenReview
+ * (operator/progress/token-review.ts), so no per-job Secret is written and none is read.
+ */
+export const PROGRESS_AUDIENCE = "kubetune-progress";
+/** Where the trainer container reads that token (KUBETUNE_PROGRESS_TOKEN_FILE); read again for every report. */
+export const PROGRESS_TOKEN_DIR = "/var/run/secrets/kubetune.io/progress";
+export const PROGRESS_TOKEN_FILE = `${PROGRESS_TOKEN_DIR}/token`;
+/** An hour, as the kubelet's own service account tokens; it rotates the file at 80% of that. */
+export const PROGRESS_TOKEN_SECONDS = 3600;
 
 /** Where the trainer writes scratch files: the root file system is read-only. */
 export const SCRATCH_DIR = "/scratch";
@@ -144,7 +151,7 @@ export function trainerPod(
     ...commonEnv(job, spec, settings),
     { name: "KUBETUNE_ATTEMPT", value: String(attempt) },
     { name: "KUBETUNE_PROGRESS_URL", value: settings.progressUrl },
-    { name: "KUBETUNE_PROGRESS_TOKEN", valueFrom: { secretKeyRef: { name: tokenSecretName(job.metadata.name!), key: TOKEN_SECRET_KEY } } },
+    { name: "KUBETUNE_PROGRESS_TOKEN_FILE", value: PROGRESS_TOKEN_FILE },
     ...(settings.progressCa ? [{ name: "KUBETUNE_PROGRESS_CA", value: settings.progressCa }] : []),
   ];
   return {
@@ -183,10 +190,18 @@ export function trainerPod(
           resources: { ...(Object.keys(requests).length ? { requests } : {}), ...(Object.keys(limits).length ? { limits } : {}) },
           securityContext: security.container,
           terminationMessagePolicy: "FallbackToLogsOnError",
-          volumeMounts: [{ name: "scratch", mountPath: SCRATCH_DIR }],
+          volumeMounts: [
+            { name: "scratch", mountPath: SCRATCH_DIR },
+            { name: "progress-token", mountPath: PROGRESS_TOKEN_DIR, readOnly: true },
+          ],
         },
       ],
-      volumes: [{ name: "scratch", emptyDir: {} }],
+      volumes: [
+        { name: "scratch", emptyDir: {} },
+        // Apart from automountServiceAccountToken (off unless the job names a service account): this token is good for
+        // nothing but the progress endpoint.
+        { name: "progress-token", projected: { sources: [{ serviceAccountToken: { audience: PROGRESS_AUDIENCE, expirationSeconds: PROGRESS_TOKEN_SECONDS, path: "token" } }] } },
+      ],
     },
   };
 }

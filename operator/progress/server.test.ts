@@ -1,5 +1,4 @@
 import type { V1Pod } from "@kubernetes/client-node";
-import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile } from "node:fs/promises";
 import https from "node:https";
 import net from "node:net";
@@ -11,16 +10,16 @@ import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../
 import { resourcePath } from "../../kube/client.ts";
 import { FakeKube } from "../../kube/fake.ts";
 import { makePki } from "../../localcluster/pki.ts";
-import { LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_NAME } from "../finetunejob/pods.ts";
+import { LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_NAME, PROGRESS_AUDIENCE } from "../finetunejob/pods.ts";
 import { OperatorMetrics } from "../metrics.ts";
 import { EventRecorder } from "../runtime/events.ts";
+import { FakeTokenReviews } from "./fake-token-reviews.ts";
 import { ProgressServer, type ProgressServerOptions } from "./server.ts";
-import { progressToken } from "./token.ts";
+import { TokenReviewer } from "./token-review.ts";
 
 const namespace = "team-a";
 const jobPath = (name?: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name });
 const statusPath = (name: string) => `${jobPath(name)}/status`;
-const key = randomBytes(32);
 
 let pem: { cert: Buffer; key: Buffer; ca: string };
 beforeAll(async () => {
@@ -47,6 +46,7 @@ function trainerPodOf(job: FineTuneJob, attempt: number, phase: string): V1Pod {
     metadata: {
       name: `${job.metadata.name}-train-${attempt}`,
       namespace,
+      uid: `${job.metadata.uid}-pod-${attempt}`,
       labels: { [LABEL_COMPONENT]: "trainer", [LABEL_JOB_NAME]: job.metadata.name!, [LABEL_ATTEMPT]: String(attempt) },
       ownerReferences: [{ apiVersion: API_VERSION, kind: KIND, name: job.metadata.name!, uid: job.metadata.uid!, controller: true }],
     },
@@ -57,18 +57,22 @@ function trainerPodOf(job: FineTuneJob, attempt: number, phase: string): V1Pod {
 describe("ProgressServer", () => {
   let server: ProgressServer | undefined;
   let port = 0;
+  /** The API server's TokenReview; trainer pods' projected tokens come from it. */
+  let reviews = new FakeTokenReviews();
   afterEach(async () => {
     await server?.close();
     server = undefined;
   });
 
   async function start(kube: FakeKube, options: Partial<ProgressServerOptions> & { pods?: V1Pod[] } = {}): Promise<ProgressServer> {
+    reviews = new FakeTokenReviews();
     server = new ProgressServer({
       client: kube.asClient(),
-      key,
+      tokenReviewer: new TokenReviewer(reviews.asClient(), { audiences: [PROGRESS_AUDIENCE] }),
       tls: { cert: pem.cert, key: pem.key },
       lookup: (ns, name) => kube.stored<FineTuneJob>(`${resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace: ns })}/${name}`),
-      podsOf: () => options.pods ?? [],
+      // Unless a test says otherwise, the cache shows attempt 1's pod running.
+      podsOf: (job) => options.pods ?? [trainerPodOf(job, 1, "Running")],
       isLeader: () => true,
       metrics: new OperatorMetrics(),
       writeIntervalMs: 400,
@@ -79,8 +83,8 @@ describe("ProgressServer", () => {
     return server;
   }
 
-  function post(job: FineTuneJob, attempt: number, body: unknown, options: { token?: string; headers?: Record<string, string> } = {}): Promise<{ status: number; text: string }> {
-    const token = options.token ?? progressToken(key, { namespace, name: job.metadata.name!, uid: job.metadata.uid!, attempt });
+  function post(job: FineTuneJob, attempt: number, body: unknown, options: { token?: string; headers?: Record<string, string> } = {}): Promise<{ status: number; text: string; retryAfter?: string }> {
+    const token = options.token ?? tokenOf(job, attempt);
     const payload = JSON.stringify(body);
     return new Promise((resolve, reject) => {
       const request = https.request(
@@ -88,7 +92,7 @@ describe("ProgressServer", () => {
         (response) => {
           let text = "";
           response.on("data", (chunk: Buffer) => (text += chunk.toString()));
-          response.on("end", () => resolve({ status: response.statusCode ?? 0, text }));
+          response.on("end", () => resolve({ status: response.statusCode ?? 0, text, retryAfter: response.headers["retry-after"] }));
         },
       );
       request.once("error", reject);
@@ -96,24 +100,40 @@ describe("ProgressServer", () => {
     });
   }
 
+  /** The token the kubelet projects into the job's trainer pod of this attempt. */
+  const tokenOf = (job: FineTuneJob, attempt: number, audiences?: string[]) =>
+    reviews.issue({ namespace, name: `${job.metadata.name}-train-${attempt}`, uid: `${job.metadata.uid}-pod-${attempt}` }, { ...(audiences ? { audiences } : {}) });
+
   const statusPatches = (kube: FakeKube, name: string) => kube.calls.filter((call) => call.method === "PATCH" && call.path === statusPath(name)).length;
 
-  it("accepts the current attempt's token only: another attempt's token, or another job's, is refused", async () => {
+  it("accepts the token projected into the current attempt's pod only: another attempt's, another job's or another audience's is refused", async () => {
     const kube = new FakeKube();
     const job = await storeJob(kube, "tune");
     const other = await storeJob(kube, "other");
     await start(kube);
-    const tokenOf = (j: FineTuneJob, attempt: number) => progressToken(key, { namespace, name: j.metadata.name!, uid: j.metadata.uid!, attempt });
     expect((await post(job, 1, { step: 1 }, { token: tokenOf(job, 2) })).status).toBe(403);
     expect((await post(job, 1, { step: 1 }, { token: tokenOf(other, 1) })).status).toBe(403);
+    expect((await post(job, 1, { step: 1 }, { token: tokenOf(job, 1, ["https://kubernetes.default.svc"]) })).status).toBe(403);
     expect((await post(job, 1, { step: 1 }, { token: "nope" })).status).toBe(403);
+    expect((await post(job, 1, { step: 1, totalSteps: 10, loss: 2 })).status).toBe(202);
+  });
+
+  it("answers 503 with Retry-After while the API server cannot review tokens, so that the trainer retries", async () => {
+    const kube = new FakeKube();
+    const job = await storeJob(kube, "tune");
+    await start(kube);
+    reviews.failWith = 500;
+    const answer = await post(job, 1, { step: 1 });
+    expect(answer).toMatchObject({ status: 503, retryAfter: "1", text: expect.stringContaining("cannot check the token with the API server") });
+    reviews.failWith = undefined;
     expect((await post(job, 1, { step: 1, totalSteps: 10, loss: 2 })).status).toBe(202);
   });
 
   it("refuses a report from a replaced attempt's pod, with its own valid token, and leaves status alone", async () => {
     const kube = new FakeKube();
     const job = await storeJob(kube, "tune", { phase: "Running", attempts: 2, lastCheckpoint: { step: 20, uri: "s3://o/x/checkpoints/step-00000020", time: "2026-01-01T00:00:00Z" } });
-    await start(kube, { pods: [trainerPodOf(job, 2, "Running")] });
+    // Attempt 1's pod is still there (a partitioned node), with its valid token.
+    await start(kube, { pods: [trainerPodOf(job, 1, "Running"), trainerPodOf(job, 2, "Running")] });
     const stale = await post(job, 1, { step: 10, checkpoint: { step: 10, uri: "s3://o/x/checkpoints/step-00000010" } });
     expect(stale).toMatchObject({ status: 409, text: expect.stringContaining("attempt 1 is not the job's current attempt (2)") });
     expect((await post(job, 2, { step: 21, checkpoint: { step: 21, uri: "s3://o/x/checkpoints/step-00000021" } })).status).toBe(204);
@@ -183,19 +203,23 @@ describe("ProgressServer", () => {
     expect(progress?.lossHistory?.at(-1)?.step).toBe(step * 2 + 2);
   });
 
-  it("answers a checkpoint report only once it is in status, and keeps what the controller wrote meanwhile (conflict, re-read, retry)", async () => {
+  it("answers a checkpoint report only once it is in status, and keeps what the controller wrote meanwhile (conflict, cache catches up, retry)", async () => {
     const kube = new FakeKube();
     const job = await storeJob(kube, "tune");
-    // A cache that lags: it still shows the version before the controller's condition write.
+    // A cache that lags: it still shows the version before the controller's condition write, until its watch delivers it.
     const stale = kube.stored<FineTuneJob>(jobPath("tune"))!;
     await kube.patch(statusPath("tune"), { status: { conditions: [{ type: "Running", status: "True", reason: "Training", message: "", lastTransitionTime: "2026-01-01T00:00:00Z" }] } });
-    await start(kube, { lookup: () => stale });
+    const writeTries = () => kube.calls.filter((call) => call.method === "PATCH" && call.path === statusPath("tune")).length;
+    const triesBefore = writeTries();
+    await start(kube, { lookup: () => (writeTries() === triesBefore ? stale : kube.stored<FineTuneJob>(jobPath("tune"))) });
     const answer = await post(job, 1, { step: 5, checkpoint: { step: 5, uri: "s3://o/x/checkpoints/step-00000005" } });
     expect(answer.status).toBe(204);
     const stored = kube.stored<FineTuneJob>(jobPath("tune"))!;
     expect(stored.status?.lastCheckpoint).toMatchObject({ step: 5 });
     expect(stored.status?.conditions?.[0]?.reason).toBe("Training");
-    expect(kube.calls.filter((call) => call.method === "GET" && call.path === jobPath("tune"))).toHaveLength(1);
+    // One try met the conflict; the operator's cache, not a GET, gave the newer version for the second.
+    expect(writeTries() - triesBefore).toBe(2);
+    expect(kube.calls.filter((call) => call.method === "GET" && call.path === jobPath("tune"))).toHaveLength(0);
   });
 
   it("drops a pending write whose job finished before it was made, and tells the waiting trainer", async () => {

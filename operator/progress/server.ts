@@ -10,7 +10,7 @@ import type { OperatorMetrics } from "../metrics.ts";
 import type { EventRecorder } from "../runtime/events.ts";
 import { checkReport, type ProgressReport } from "./report.ts";
 import { StatusWriter, WriteRefused } from "./status-writer.ts";
-import { tokenMatches } from "./token.ts";
+import { ProgressAuthenticator, type TokenReviewer } from "./token-review.ts";
 
 /** What the listener accepts from a client before it gives up on it; every trainer stays far below. */
 export interface ProgressLimits {
@@ -41,9 +41,10 @@ export const DEFAULT_PROGRESS_LIMITS: ProgressLimits = {
 
 export interface ProgressServerOptions {
   client: KubeClient;
-  key: Buffer;
+  /** Reviews trainers' projected service account tokens (audience kubetune-progress; token-review.ts). */
+  tokenReviewer: TokenReviewer;
   tls: { cert: string | Buffer; key: string | Buffer };
-  /** The job as the operator's cache knows it (uid is what the token is bound to). */
+  /** The job as the operator's cache knows it. */
   lookup: (namespace: string, name: string) => FineTuneJob | undefined;
   /** The job's pods as the operator's cache knows them (owned by the job; any component). */
   podsOf: (job: FineTuneJob) => V1Pod[];
@@ -71,20 +72,21 @@ const LEGACY_PATH = /^\/v1\/progress\/[a-z0-9-]+\/[a-z0-9.-]+$/;
 /**
  * The HTTPS endpoint trainers report progress to: POST
  * /v1/progress/<namespace>/<name>/attempts/<attempt> with `Authorization: Bearer <token>` (the
- * token of that attempt) and a ProgressReport body. It accepts reports only on the leader, only
+ * service account token projected into that attempt's trainer pod) and a ProgressReport body. It accepts reports only on the leader, only
  * from the job's current attempt, and only while the job has not finished; accepted reports go
  * to the job's status through a StatusWriter (a few writes per job per minute, however often
  * the trainer posts), to its metrics, and its warnings to Events.
  *
  * Answers: 202 accepted (written within a few seconds); 204 written (checkpoint and outputs
  * reports, which the trainer waits for); 400 bad report; 401/403 no or wrong token; 409 a
- * stale attempt or a finished job (do not retry); 413 too large; 503 not the leader or the
- * write failed (retry).
+ * stale attempt or a finished job (do not retry); 413 too large; 503 not the leader, the token
+ * could not be reviewed (the API server is unavailable) or the write failed (retry).
  */
 export class ProgressServer {
   private server?: https.Server;
   private readonly writer: StatusWriter;
   private readonly limits: ProgressLimits;
+  private readonly authenticator: ProgressAuthenticator;
   /** Warnings already turned into Events, per job and attempt: a trainer's retry of a report makes no second Event. */
   private readonly warned = new Set<string>();
   /** Reports accepted and refused; tests and the benchmark read these. */
@@ -92,6 +94,7 @@ export class ProgressServer {
 
   constructor(private readonly options: ProgressServerOptions) {
     this.limits = { ...DEFAULT_PROGRESS_LIMITS, ...options.limits };
+    this.authenticator = new ProgressAuthenticator({ reviewer: options.tokenReviewer, lookup: options.lookup, podsOf: options.podsOf });
     this.writer = new StatusWriter({
       client: options.client,
       lookup: options.lookup,
@@ -100,6 +103,11 @@ export class ProgressServer {
       onWrite: () => options.metrics.progressStatusWrites.inc(),
       ...(options.log ? { log: options.log } : {}),
     });
+  }
+
+  /** TokenReviews sent to the API server since start (each token is reviewed once while its answer is cached). */
+  get tokenReviews(): number {
+    return this.options.tokenReviewer.requests;
   }
 
   /** Status writes made for reports since start. */
@@ -167,11 +175,10 @@ export class ProgressServer {
     if (!token) return refuse(401, "missing bearer token");
     const declared = Number(request.headers["content-length"] ?? 0);
     if (declared > this.limits.maxBodyBytes) return refuse(413, `report too large (at most ${this.limits.maxBodyBytes} bytes)`);
-    const job = this.options.lookup(namespace, name);
     // The same answer for an unknown job as for a wrong token: a token reveals nothing about other jobs.
-    if (!job?.metadata.uid || !tokenMatches(this.options.key, { namespace, name, uid: job.metadata.uid, attempt }, token)) {
-      return refuse(403, "token is not valid for this job and attempt");
-    }
+    const admission = await this.authenticator.admit(token, namespace, name, attempt);
+    if (admission.status !== 200) return refuse(admission.status, admission.message, admission.status === 503 ? { "retry-after": "1" } : {});
+    const job = admission.job;
 
     const chunks: Buffer[] = [];
     let size = 0;
@@ -199,7 +206,7 @@ export class ProgressServer {
     // A checkpoint or the outputs: the trainer is told only once they are in status (it may exit right after).
     const wait = report.checkpoint !== undefined || report.outputs !== undefined;
     try {
-      await this.writer.submit({ namespace, name, uid: job.metadata.uid }, report, wait);
+      await this.writer.submit({ namespace, name, uid: job.metadata.uid! }, report, wait);
     } catch (error) {
       const refused = error instanceof WriteRefused ? error : new WriteRefused(503, (error as Error).message);
       return void response.writeHead(refused.status, { "content-type": "text/plain", ...(refused.status === 503 ? { "retry-after": "1" } : {}) }).end(`${refused.message}\n`);

@@ -1,10 +1,10 @@
 import { GROUP, PLURAL, VERSION, appendLossPoint, formatDuration, formatLoss, formatPercent, type FineTuneJob, type LossPoint } from "../../api/index.ts";
-import { ApiError, isConflict, isNotFound, resourcePath, type KubeClient } from "../../kube/client.ts";
+import { isConflict, isNotFound, resourcePath, type KubeClient } from "../../kube/client.ts";
 import { PREFERENCE_FIELDS, type ProgressReport } from "./report.ts";
 
 export interface StatusWriterOptions {
   client: KubeClient;
-  /** The job as the operator's cache knows it; the first try of each write starts from it. */
+  /** The job as the operator's cache knows it; every try of each write starts from it (after a conflict, from a newer version). */
   lookup: (namespace: string, name: string) => FineTuneJob | undefined;
   /** Least time between two status writes of one job for ordinary progress. Default 5 s. */
   intervalMs?: number;
@@ -12,6 +12,8 @@ export interface StatusWriterOptions {
   urgentIntervalMs?: number;
   /** Tries of one write that meet a conflict (409) before it fails. Default 5. */
   maxConflictRetries?: number;
+  /** After a conflict, how long to wait for the cache (lookup) to show a newer version of the job before the write fails. Default 10 s. */
+  conflictWaitMs?: number;
   /** Told of each status write made. */
   onWrite?: () => void;
   log?: (message: string) => void;
@@ -59,8 +61,8 @@ interface JobWrites {
  * the interval are merged (the latest progress wins; the loss points are kept for the history)
  * and written as one merge patch, so a trainer posting a hundred times a second costs the API
  * server one write every few seconds, and the operator one reconcile. Each write is
- * conditional on the resourceVersion it was computed from and is recomputed from a fresh read
- * on conflict, so it never undoes what the controller wrote in between (conditions, phase).
+ * conditional on the resourceVersion it was computed from and is recomputed from the cache's
+ * next version of the job on conflict, so it never undoes what the controller wrote in between (conditions, phase).
  * A write whose job has meanwhile finished (Succeeded or Failed) is dropped: reports never
  * rewrite a finished job's status.
  */
@@ -164,18 +166,32 @@ export class StatusWriter {
       const status = statusOf(job, pending);
       if (Object.keys(status).length === 0) return false;
       try {
-        // The resourceVersion makes the patch conditional: a job that finished, or whose loss history grew, since the read is read again.
+        // The resourceVersion makes the patch conditional: a job that finished, or whose loss history grew, since the version read makes the write fail, and it is recomputed from the newer one.
         await this.options.client.patch(path, { metadata: { resourceVersion: job.metadata.resourceVersion }, status });
         return true;
       } catch (error) {
         if (isNotFound(error)) throw new WriteRefused(404, "the job no longer exists");
         if (!isConflict(error) || attempt >= tries) throw error;
       }
-      // The cache may not have the newer version yet: read it.
-      job = await this.options.client.get<FineTuneJob>(path.slice(0, -"/status".length)).catch((error: unknown) => {
-        if (isNotFound(error)) return undefined;
-        throw error instanceof ApiError ? error : new Error(String(error));
-      });
+      // Someone wrote the job since the version this write was computed from: recompute from the version after it, as
+      // the operator's cache shows it once its watch delivers it. No GET: the cache is what every write starts from.
+      job = await this.newerThan(entry, job.metadata.resourceVersion);
+    }
+  }
+
+  /**
+   * The cached job once the cache shows a version other than `resourceVersion` (the one a write met a conflict
+   * with; a cache only moves forward), or undefined when the job is gone. The watch delivers that version within
+   * milliseconds; a cache that has not within conflictWaitMs (a watch being re-established) fails the write.
+   */
+  private async newerThan(entry: JobWrites, resourceVersion: string | undefined): Promise<FineTuneJob | undefined> {
+    const waitMs = this.options.conflictWaitMs ?? 10_000;
+    const deadline = Date.now() + waitMs;
+    for (let pollMs = 5; ; pollMs = Math.min(pollMs * 2, 100)) {
+      const job = this.options.lookup(entry.namespace, entry.name);
+      if (!job || job.metadata.uid !== entry.uid || job.metadata.resourceVersion !== resourceVersion) return job;
+      if (Date.now() >= deadline) throw new Error(`the operator's cache has shown no version of the job after ${resourceVersion} for ${waitMs / 1000} s`);
+      await new Promise((resolve) => setTimeout(resolve, Math.min(pollMs, Math.max(1, deadline - Date.now()))));
     }
   }
 }

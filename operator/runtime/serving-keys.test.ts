@@ -15,20 +15,18 @@ function project(dir: string, data: Record<string, string>): void {
 }
 
 describe("the operator's own keys", () => {
-  it("makes a CA and a token key on the first start and creates the Secret, without any read", async () => {
+  it("makes a CA on the first start and creates the Secret, without any read", async () => {
     const kube = new FakeKube();
     const dir = mkdtempSync(path.join(os.tmpdir(), "kubetune-keys-"));
     const keys = await loadOrCreateKeys({ client: kube.asClient(), namespace: "kubetune-system", name: "kt-operator-keys", dir, log: () => {} });
     expect(keys.source).toBe("created");
     expect(kube.calls.map((call) => `${call.method} ${call.path}`)).toEqual([`POST ${secretsPath}`]);
     const stored = kube.stored<{ data: Record<string, string> }>(`${secretsPath}/kt-operator-keys`)!;
-    expect(Object.keys(stored.data).sort()).toEqual([SECRET_KEYS.caCert, SECRET_KEYS.caKey, SECRET_KEYS.tokenKey]);
-    expect(Buffer.from(stored.data[SECRET_KEYS.tokenKey]!, "base64").equals(keys.tokenKey)).toBe(true);
-    expect(keys.tokenKey.length).toBe(32);
+    expect(Object.keys(stored.data).sort()).toEqual(["ca.crt", "ca.key"]);
     expect(new X509Certificate(keys.ca.cert).ca).toBe(true);
   });
 
-  it("uses what the pod mounts on later starts, so replicas and restarts share the CA and the token key", async () => {
+  it("uses what the pod mounts on later starts, so replicas and restarts share the CA", async () => {
     const kube = new FakeKube();
     const first = mkdtempSync(path.join(os.tmpdir(), "kubetune-keys-"));
     const created = await loadOrCreateKeys({ client: kube.asClient(), namespace: "kubetune-system", name: "kt-operator-keys", dir: first, log: () => {} });
@@ -38,7 +36,6 @@ describe("the operator's own keys", () => {
     const mounted = await loadOrCreateKeys({ client: kube.asClient(), namespace: "kubetune-system", name: "kt-operator-keys", dir: second, log: () => {} });
     expect(mounted.source).toBe("mounted");
     expect(mounted.ca).toEqual(created.ca);
-    expect(mounted.tokenKey.equals(created.tokenKey)).toBe(true);
     expect(kube.calls.length).toBe(calls);
   });
 
@@ -50,19 +47,22 @@ describe("the operator's own keys", () => {
     setTimeout(() => project(loserDir, kube.stored<{ data: Record<string, string> }>(`${secretsPath}/kt-operator-keys`)!.data), 1500);
     const keys = await loser;
     expect(keys.source).toBe("mounted");
-    expect(keys.tokenKey.equals(winner.tokenKey)).toBe(true);
+    expect(keys.ca).toEqual(winner.ca);
 
     const never = loadOrCreateKeys({ client: kube.asClient(), namespace: "kubetune-system", name: "kt-operator-keys", dir: mkdtempSync(path.join(os.tmpdir(), "kubetune-keys-")), mountWaitMs: 1200, log: () => {} });
     await expect(never).rejects.toThrow(/Secret kubetune-system\/kt-operator-keys mounted at .*: the Secret exists but its files did not appear within 1.2s/);
   });
 
-  it("refuses a mounted token key that is too short, naming the Secret", async () => {
+  it("reads a Secret an earlier version made, which also holds a token key, and ignores that key", async () => {
+    const kube = new FakeKube();
     const dir = mkdtempSync(path.join(os.tmpdir(), "kubetune-keys-"));
     const ca = generateCa("kubetune-progress-ca", 30);
     writeFileSync(path.join(dir, SECRET_KEYS.caCert), ca.cert);
     writeFileSync(path.join(dir, SECRET_KEYS.caKey), ca.key);
-    writeFileSync(path.join(dir, SECRET_KEYS.tokenKey), "short");
-    await expect(loadOrCreateKeys({ client: new FakeKube().asClient(), namespace: "ns", name: "keys", dir, log: () => {} })).rejects.toThrow(`Secret ns/keys mounted at ${dir}: token.key has 5 bytes; it needs at least 32`);
+    writeFileSync(path.join(dir, "token.key"), "short");
+    const keys = await loadOrCreateKeys({ client: kube.asClient(), namespace: "ns", name: "keys", dir, log: () => {} });
+    expect(keys).toEqual({ ca, source: "mounted" });
+    expect(kube.calls).toEqual([]);
   });
 
   it("signs a serving certificate for the progress URL's host and the Service's names", () => {

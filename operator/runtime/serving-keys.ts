@@ -1,4 +1,4 @@
-import { randomBytes, X509Certificate } from "node:crypto";
+import { X509Certificate } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { isAlreadyExists, resourcePath, type KubeClient } from "../../kube/client.ts";
@@ -9,11 +9,12 @@ import { checkCa, generateCa, generateServingCert, type KeyPair } from "./certs.
  * without anything generated at `helm template` time (which Argo CD and `helm template | kubectl
  * apply` rerun at every sync):
  *
- * - The operator keeps a CA and the progress-token key in one Secret of its own namespace. Its
- *   pod mounts that Secret (optional: true), so the kubelet reads it, not the operator. When the
- *   mount is empty (first start), the operator generates both and creates the Secret: RBAC
- *   `create` only, never get, list or watch. All replicas and restarts then share them, so a
- *   leader change neither breaks trainers' TLS nor invalidates their tokens.
+ * - The operator keeps a CA in a Secret of its own namespace. Its pod mounts that Secret
+ *   (optional: true), so the kubelet reads it, not the operator. When the mount is empty (first
+ *   start), the operator generates the CA and creates the Secret: RBAC `create` only, never get,
+ *   list or watch. All replicas and restarts then share it, so a leader change does not break
+ *   trainers' TLS. (Trainers' progress tokens are service account tokens the kubelet projects
+ *   into their pods: no key of the operator's is involved.)
  * - Each process makes its own serving certificate from that CA, in memory, valid for
  *   SERVING_CERT_DAYS and made again a third of that before it expires. Trainers trust the CA
  *   (each trainer pod gets it in KUBETUNE_PROGRESS_CA), so the renewal is invisible to them.
@@ -21,7 +22,8 @@ import { checkCa, generateCa, generateServingCert, type KeyPair } from "./certs.
  *   `--progress-tls-cert/--progress-tls-key`), reread when they change.
  */
 
-export const SECRET_KEYS = { caCert: "ca.crt", caKey: "ca.key", tokenKey: "token.key" } as const;
+/** The keys the Secret holds. Secrets made by earlier versions also hold `token.key` (an HMAC key no longer used); it is ignored. */
+export const SECRET_KEYS = { caCert: "ca.crt", caKey: "ca.key" } as const;
 export const CA_DAYS = 3650;
 export const SERVING_CERT_DAYS = 90;
 
@@ -38,18 +40,16 @@ export interface KeySecretOptions {
 
 export interface OperatorKeys {
   ca: KeyPair;
-  tokenKey: Buffer;
   /** Where they came from: the mounted Secret, or made now (and the Secret created). */
   source: "mounted" | "created";
 }
 
-/** The CA and token key from the mounted Secret; made and stored in a new Secret when it is not there yet. */
+/** The CA from the mounted Secret; made and stored in a new Secret when it is not there yet. */
 export async function loadOrCreateKeys(options: KeySecretOptions): Promise<OperatorKeys> {
   const where = `Secret ${options.namespace}/${options.name} mounted at ${options.dir}`;
   const mounted = readMounted(options.dir, where);
   if (mounted) return { ...mounted, source: "mounted" };
   const ca = generateCa("kubetune-progress-ca", CA_DAYS);
-  const tokenKey = randomBytes(32);
   try {
     await options.client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace: options.namespace }), {
       apiVersion: "v1",
@@ -58,17 +58,16 @@ export async function loadOrCreateKeys(options: KeySecretOptions): Promise<Opera
         name: options.name,
         namespace: options.namespace,
         labels: { "app.kubernetes.io/name": "kubetune", "app.kubernetes.io/component": "operator-keys", "app.kubernetes.io/managed-by": "kubetune-operator" },
-        annotations: { "kubetune.io/description": "the progress endpoint's CA and the progress-token key; made by the operator, read by its pods' kubelet" },
+        annotations: { "kubetune.io/description": "the progress endpoint's CA; made by the operator, read by its pods' kubelet" },
       },
       type: "Opaque",
       data: {
         [SECRET_KEYS.caCert]: Buffer.from(ca.cert).toString("base64"),
         [SECRET_KEYS.caKey]: Buffer.from(ca.key).toString("base64"),
-        [SECRET_KEYS.tokenKey]: tokenKey.toString("base64"),
       },
     });
-    options.log(`made a new progress CA and token key and stored them in Secret ${options.namespace}/${options.name}`);
-    return { ca, tokenKey, source: "created" };
+    options.log(`made a new progress CA and stored it in Secret ${options.namespace}/${options.name}`);
+    return { ca, source: "created" };
   } catch (error) {
     if (!isAlreadyExists(error)) throw error;
   }
@@ -87,14 +86,12 @@ export async function loadOrCreateKeys(options: KeySecretOptions): Promise<Opera
   );
 }
 
-function readMounted(dir: string, where: string): { ca: KeyPair; tokenKey: Buffer } | undefined {
+function readMounted(dir: string, where: string): { ca: KeyPair } | undefined {
   const files = Object.values(SECRET_KEYS).map((key) => path.join(dir, key));
   if (!files.every((file) => existsSync(file))) return undefined;
   const ca = { cert: readFileSync(path.join(dir, SECRET_KEYS.caCert), "utf8"), key: readFileSync(path.join(dir, SECRET_KEYS.caKey), "utf8") };
   checkCa(ca, where);
-  const tokenKey = readFileSync(path.join(dir, SECRET_KEYS.tokenKey));
-  if (tokenKey.length < 32) throw new Error(`${where}: ${SECRET_KEYS.tokenKey} has ${tokenKey.length} bytes; it needs at least 32`);
-  return { ca, tokenKey };
+  return { ca };
 }
 
 /**

@@ -1,5 +1,5 @@
-import { describe, expect, it } from "vitest";
-import { WorkQueue } from "./workqueue.ts";
+import { describe, expect, it, vi } from "vitest";
+import { MAX_TIMER_MS, WorkQueue } from "./workqueue.ts";
 
 describe("WorkQueue", () => {
   it("queues a key once however often it is added", async () => {
@@ -65,5 +65,19 @@ describe("WorkQueue", () => {
     await new Promise((resolve) => setTimeout(resolve, 80));
     expect(queue.length).toBe(2);
     queue.shutDown();
+  });
+
+  it("does not fire a delay longer than a Node timer holds at once (a year's ttlSecondsAfterFinished)", () => {
+    vi.useFakeTimers();
+    try {
+      const queue = new WorkQueue();
+      queue.addAfter("later", 365 * 24 * 3600 * 1000);
+      vi.advanceTimersByTime(1000);
+      expect(queue.length).toBe(0);
+      vi.advanceTimersByTime(MAX_TIMER_MS);
+      expect(queue.length).toBe(1);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -1,3 +1,6 @@
+/** The longest delay a Node timer keeps (2^31-1 ms); longer ones fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
  * A work queue with controller-runtime's semantics: a key is queued at most once however often
  * it is added; a key being processed is never handed to a second worker, and if it is added
@@ -37,10 +40,13 @@ export class WorkQueue {
     const pending = this.delayed.get(key);
     if (pending && pending.dueAt <= dueAt) return;
     if (pending) clearTimeout(pending.timer);
+    // Node fires a timer of more than 2^31-1 ms (24.8 days) at once; a capped wake-up just
+    // reconciles early, and that reconcile asks again for what is left (ttlSecondsAfterFinished
+    // and activeDeadlineSeconds may be longer).
     const timer = setTimeout(() => {
       this.delayed.delete(key);
       this.add(key);
-    }, delayMs);
+    }, Math.min(delayMs, MAX_TIMER_MS));
     timer.unref();
     this.delayed.set(key, { timer, dueAt });
   }

@@ -13,6 +13,12 @@ Two preference pairs of token ids (the prompt's labels -100, right padding), the
   gradients         d loss / d every adapter weight, under the names (and layouts) of
                     adapter_model.safetensors
 
+It also writes tests/fixtures/hf/dpo/full/: DPO for full fine-tuning as TRL computes it with
+precompute_ref_log_probs=True. The reference log-probabilities come from the initial model (the
+fixture's base Llama, no gradient), computed before training; the policy is a model whose
+weights have moved (the DoRA adapter merged into them, saved as full/model), and the gradients
+are of every one of its weights, under their Hugging Face names and layouts.
+
 Run with the Hugging Face venv:
   "$(bash scripts/python-env.sh --check scripts/python-requirements.txt scripts/python-requirements-hf.txt)" \
       scripts/hf/make-dpo-fixture.py
@@ -29,6 +35,7 @@ from transformers import AutoModelForCausalLM
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "hf"
 SOURCE = FIXTURES / "methods" / "dora" / "llama"
 OUT = FIXTURES / "dpo" / "expected.json"
+FULL = FIXTURES / "dpo" / "full"
 IGNORE_INDEX = -100
 BETA = 0.5
 LABEL_SMOOTHING = 0.2
@@ -85,6 +92,41 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(record) + "\n")
     print(f"wrote {OUT}: loss {loss.item():.6f}, {len(gradients)} gradients")
+    full()
+
+
+def full() -> None:
+    initial = AutoModelForCausalLM.from_pretrained(SOURCE / "model", dtype=torch.float32)
+    initial.eval()
+    # TRL's precompute_ref_log_probs: one pass of the initial model before the first step.
+    with torch.no_grad():
+        reference = completion_logps(initial)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(SOURCE / "model", dtype=torch.float32), SOURCE / "adapter").merge_and_unload()
+    merged.save_pretrained(FULL / "model")
+    (FULL / "model" / "generation_config.json").unlink(missing_ok=True)  # the trainer reads config.json and the weights only
+    merged.train()  # the config's dropouts are 0: train mode changes nothing
+    for parameter in merged.parameters():
+        parameter.requires_grad_(True)
+    policy = completion_logps(merged)
+    ratios = policy - reference
+    margins = BETA * (ratios[:2] - ratios[2:])
+    losses = -(1 - LABEL_SMOOTHING) * F.logsigmoid(margins) - LABEL_SMOOTHING * F.logsigmoid(-margins)
+    loss = losses.mean()
+    loss.backward()
+    gradients = {name: {"shape": list(parameter.shape), "data": parameter.grad.reshape(-1).tolist()} for name, parameter in merged.named_parameters()}
+    record = {
+        "beta": BETA,
+        "labelSmoothing": LABEL_SMOOTHING,
+        "ids": IDS,
+        "mask": MASK,
+        "labels": LABELS,
+        "policyLogps": policy.tolist(),
+        "referenceLogps": reference.tolist(),
+        "loss": loss.item(),
+        "gradients": gradients,
+    }
+    (FULL / "expected.json").write_text(json.dumps(record) + "\n")
+    print(f"wrote {FULL}: loss {loss.item():.6f}, {len(gradients)} gradients")
 
 
 if __name__ == "__main__":

@@ -102,3 +102,51 @@ describe("kubetune dev-cluster up --from-chart", () => {
     }
   }, 900_000);
 });
+
+describe("kubetune dev-cluster up --gpus 1", () => {
+  it("advertises one GPU, and its FineTuneQueue of one GPU runs the two 1-GPU jobs of examples/dev-cluster/queue.yaml one after the other", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-devcluster-queue-test-"));
+    await chmod(dir, 0o755);
+    const env = { KUBETUNE_DEV_CLUSTER_DIR: path.join(dir, "cluster") };
+    try {
+      expect(kubetune(["dev-cluster", "up", "--gpus", "1.5"], env).stderr).toContain("--gpus 1.5: must be a whole number from 0 to 64");
+      const up = kubetune(["dev-cluster", "up", "--gpus", "1"], env);
+      expect(up.status, up.stderr).toBe(0);
+      const exports = Object.fromEntries([...up.stdout.matchAll(/^export (\w+)='([^']*)'/gm)].map((match) => [match[1]!, match[2]!]));
+      const kubectlIn = (args: string[]) => spawnSync(path.join(exports.PATH!, "kubectl"), args, { encoding: "utf8", env: { ...process.env, KUBECONFIG: exports.KUBECONFIG } });
+      expect(kubetune(["dev-cluster", "status"], env).stdout).toContain("operator in-process, 1 GPU,");
+      expect(kubectlIn(["get", "nodes", "-o", "jsonpath={.items[*].status.allocatable.nvidia\\.com/gpu}"]).stdout).toBe("1");
+      const applied = kubectlIn(["apply", "-f", "examples/dev-cluster/queue.yaml"]);
+      expect(applied.stderr).toBe("");
+
+      interface Job { status?: { phase?: string; queue?: { position?: number; waitReason?: string }; attempts?: number; failedAttempts?: number } }
+      const seenWaiting: NonNullable<Job["status"]>["queue"][] = [];
+      let overlapped = false;
+      let phases: Record<string, string> = {};
+      const deadline = Date.now() + 240_000;
+      while (Date.now() < deadline && !(phases["queued-a"] === "Succeeded" && phases["queued-b"] === "Succeeded")) {
+        const listed = JSON.parse(kubectlIn(["get", "ftj", "-o", "json"]).stdout) as { items: (Job & { metadata: { name: string } })[] };
+        phases = Object.fromEntries(listed.items.map((job) => [job.metadata.name, job.status?.phase ?? ""]));
+        const b = listed.items.find((job) => job.metadata.name === "queued-b");
+        // The second job waits, with its position and reason, as long as the first has not succeeded.
+        if (phases["queued-a"] !== "Succeeded") {
+          if (phases["queued-b"] !== "Queued" && phases["queued-b"] !== "") overlapped = true;
+          if (b?.status?.queue) seenWaiting.push(b.status.queue);
+        }
+        if (Object.values(phases).includes("Failed")) break;
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      expect(phases).toEqual({ "queued-a": "Succeeded", "queued-b": "Succeeded" });
+      expect(overlapped).toBe(false);
+      expect(seenWaiting).toContainEqual({ position: 1, waitReason: "waiting for 1 GPU; 1 of 1 GPUs in use by default/queued-a" });
+      const b = JSON.parse(kubectlIn(["get", "ftj", "queued-b", "-o", "json"]).stdout) as Job;
+      expect(b.status).toMatchObject({ attempts: 1, failedAttempts: 0 });
+      expect(b.status?.queue).toBeUndefined();
+      const [header, row] = kubectlIn(["get", "ftq", "dev-gpus"]).stdout.trim().split("\n");
+      expect(header!.split(/\s{2,}/)).toEqual(["NAME", "GPUS", "IN USE", "ADMITTED", "QUEUED", "AGE"]);
+      expect(row!.split(/\s+/).slice(0, 5)).toEqual(["dev-gpus", "1", "0", "0", "0"]);
+    } finally {
+      expect(kubetune(["dev-cluster", "down"], env).status).toBe(0);
+    }
+  }, 400_000);
+});

@@ -5,7 +5,7 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmod, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -24,14 +24,13 @@ import { jobsPath, SCRIPTED_IMAGE, scriptedJobManifest } from "./operator-harnes
 
 const repo = process.cwd();
 
-/** One namespace of one API server, prepared for an operator: the CRD, S3 credentials, a pod runner, progress TLS and token key. */
+/** One namespace of one API server, prepared for an operator: the CRD, S3 credentials, a pod runner and progress TLS. */
 interface Site {
   client: KubeClient;
   kubeconfig: string;
   namespace: string;
   runner: PodRunner;
   pki: Pki;
-  tokenKeyFile: string;
   progressPort: number;
 }
 
@@ -53,8 +52,6 @@ async function prepareSite(kubeconfig: string, kubeletPkiDir: string, prefix: st
   const dir = await mkdtemp(path.join(os.tmpdir(), `kubetune-${prefix}-`));
   await chmod(dir, 0o755);
   const pki = await makePki(path.join(dir, "pki"));
-  const tokenKeyFile = path.join(dir, "token.key");
-  await writeFile(tokenKeyFile, randomBytes(32));
   const runner = new PodRunner({
     client,
     workDir: path.join(dir, "pods"),
@@ -65,7 +62,7 @@ async function prepareSite(kubeconfig: string, kubeletPkiDir: string, prefix: st
     images: { [SCRIPTED_IMAGE]: { entrypoint: [process.execPath, "--import", path.join(repo, "node_modules/tsx/dist/esm/index.mjs"), path.join(repo, "tests/fixtures/scripted-trainer.ts")] } },
   });
   await runner.start();
-  return { client, kubeconfig, namespace, runner, pki, tokenKeyFile, progressPort: await freePort() };
+  return { client, kubeconfig, namespace, runner, pki, progressPort: await freePort() };
 }
 
 /** The operator of a site, in this process. */
@@ -77,7 +74,6 @@ async function operatorOptions(site: Site, overrides: Partial<OperatorOptions> =
     probeAddress: "127.0.0.1:0",
     progressAddress: `127.0.0.1:${site.progressPort}`,
     progressTls: { certFile: site.pki.servingCert, keyFile: site.pki.servingKey },
-    progressTokenKeyFile: site.tokenKeyFile,
     leaderElection: { enabled: false, namespace: site.namespace, name: "kubetune-operator" },
     concurrency: 4,
     log: () => {},
@@ -112,7 +108,6 @@ function spawnOperator(site: Site, probePort: number): ChildProcess & { output: 
       `--progress-tls-cert=${site.pki.servingCert}`,
       `--progress-tls-key=${site.pki.servingKey}`,
       `--progress-ca=${site.pki.caCert}`,
-      `--progress-token-key-file=${site.tokenKeyFile}`,
       `--trainer-image-cpu=${SCRIPTED_IMAGE}`,
       "--no-preflight",
       "--retry-backoff=1",

@@ -1,5 +1,5 @@
-import { randomBytes } from "node:crypto";
-import { chmod, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import type { V1Pod } from "@kubernetes/client-node";
+import { chmod, mkdtemp, readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "vitest";
@@ -9,6 +9,7 @@ import { kubeletTls, makePki } from "../../localcluster/pki.ts";
 import { PodRunner } from "../../localcluster/pod-runner.ts";
 import { freePort } from "../../localcluster/process.ts";
 import type { DecideSettings } from "../../operator/finetunejob/decide.ts";
+import { PROGRESS_AUDIENCE } from "../../operator/finetunejob/pods.ts";
 import { startOperator, type RunningOperator } from "../../operator/operator.ts";
 import { cluster, eventually, kubeClient, kubectl } from "./harness.ts";
 
@@ -22,7 +23,6 @@ export interface OperatorHarness {
   runner: PodRunner;
   operator: RunningOperator;
   options: Parameters<typeof startOperator>[0];
-  tokenKey: Buffer;
   ca: string;
   /** Restarts the operator, optionally with other settings. */
   restart(settings?: Partial<DecideSettings>): Promise<void>;
@@ -55,8 +55,6 @@ export async function startOperatorHarness(
   await chmod(dir, 0o755);
   const pki = await makePki(path.join(dir, "pki"));
   const ca = await readFile(pki.caCert, "utf8");
-  const tokenKey = randomBytes(32);
-  await writeFile(path.join(dir, "token.key"), tokenKey);
   const runner = new PodRunner({
     client,
     workDir: path.join(dir, "pods"),
@@ -78,7 +76,6 @@ export async function startOperatorHarness(
     probeAddress: "127.0.0.1:0",
     progressAddress: `127.0.0.1:${progressPort}`,
     progressTls: { certFile: pki.servingCert, keyFile: pki.servingKey },
-    progressTokenKeyFile: path.join(dir, "token.key"),
     leaderElection: { enabled: false, namespace: namespaces[0]!, name: "kubetune-operator" },
     concurrency: 4,
     log: () => {},
@@ -101,7 +98,6 @@ export async function startOperatorHarness(
     runner,
     operator: await startOperator(options),
     options,
-    tokenKey,
     ca,
     async restart(changes = {}) {
       await harness.operator.stop();
@@ -113,6 +109,23 @@ export async function startOperatorHarness(
     },
   };
   return harness;
+}
+
+/**
+ * A token of the pod's service account bound to the pod, as the kubelet projects into a trainer
+ * (a TokenRequest with boundObjectRef; for the progress audience unless told otherwise). The API
+ * server stops accepting it once the pod is deleted.
+ */
+export async function podToken(namespace: string, podName: string, audiences: string[] = [PROGRESS_AUDIENCE]): Promise<string> {
+  const client = kubeClient();
+  const pod = await client.get<V1Pod>(resourcePath({ group: "", version: "v1", plural: "pods", namespace, name: podName }));
+  const account = pod.spec?.serviceAccountName ?? "default";
+  const request = await client.create<{ status: { token: string } }>(`${resourcePath({ group: "", version: "v1", plural: "serviceaccounts", namespace, name: account })}/token`, {
+    apiVersion: "authentication.k8s.io/v1",
+    kind: "TokenRequest",
+    spec: { audiences, expirationSeconds: 3600, boundObjectRef: { apiVersion: "v1", kind: "Pod", name: podName, uid: pod.metadata?.uid } },
+  });
+  return request.status.token;
 }
 
 export const jobsPath = (namespace: string, name?: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name });

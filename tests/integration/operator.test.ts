@@ -4,7 +4,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { applyDefaults } from "../../api/index.ts";
 import { preflightPod } from "../../operator/finetunejob/pods.ts";
 import { isNotFound, resourcePath } from "../../kube/client.ts";
-import { progressToken } from "../../operator/progress/token.ts";
 import { ProgressReporter } from "../../trainer/progress/reporter.ts";
 import { putTestModel } from "../../trainer/tokenizer/test-tokenizer.ts";
 import { cluster, createNamespace, eventually, kubeClient, s3Store } from "./harness.ts";
@@ -13,6 +12,7 @@ import {
   getJob as getJobIn,
   jobsPath,
   KUBETUNE_IMAGE,
+  podToken,
   scriptedJobManifest,
   startOperatorHarness,
   waitForPhase as waitForPhaseIn,
@@ -61,6 +61,8 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     expect(reasons).toEqual(expect.arrayContaining(["PodCreated", "Completed"]));
     const [pod] = await podsOf("ok-basic");
     expect(pod?.spec?.containers[0]?.env?.find((variable) => variable.name === "AWS_SECRET_ACCESS_KEY")?.value).toBeUndefined();
+    // The trainer reported with the token projected into its pod: the operator wrote no Secret for the job.
+    expect((await client.list(resourcePath({ group: "", version: "v1", plural: "secrets", namespace }), { labelSelector: "kubetune.io/job-name=ok-basic" })).items).toEqual([]);
     expect(JSON.stringify(done)).not.toContain(cluster().s3.secretAccessKey);
   });
 
@@ -106,28 +108,41 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     await client.delete(jobsPath(namespace, "long-delete"));
     await eventually("the job to be gone", async () => getJob("long-delete").then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)));
     expect(await podsOf("long-delete")).toEqual([]);
-    await expect(client.get(resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name: "long-delete-progress" }))).rejects.toMatchObject({ status: 404 });
   });
 
-  it("refuses a progress report made with another job's token, or another attempt's", async () => {
+  it("takes reports only with the token projected into the job's current trainer pod: not another job's, another attempt's, another audience's, nor a deleted pod's", async () => {
     await client.create(jobsPath(namespace), jobManifest("long-token"));
-    const job = await eventually("uid", async () => (await getJob("long-token")).metadata.uid);
+    await eventually("attempt 1 to run", async () => ((await podsOf("long-token")).find((pod) => pod.metadata?.name === "long-token-train-1")?.status?.phase === "Running" ? true : undefined));
     const reporter = (token: string, attempt = 1) => new ProgressReporter({ url: harness.options.settings.progressUrl, namespace, name: "long-token", token, attempt, ca: harness.ca });
-    const other = progressToken(harness.tokenKey, { namespace, name: "ok-basic", uid: (await getJob("ok-basic")).metadata.uid!, attempt: 1 });
-    expect(await reporter(other).post({ step: 1 })).toBe(403);
+    const first = await podToken(namespace, "long-token-train-1");
+    expect(await reporter(await podToken(namespace, "ok-basic-train-1")).post({ step: 1 })).toBe(403);
     expect(await reporter("not-a-token").post({ step: 1 })).toBe(403);
-    // The token of attempt 2 is not valid for attempt 1, nor the other way round.
-    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job, attempt: 2 })).post({ step: 1 })).toBe(403);
-    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job, attempt: 1 }), 2).post({ step: 1 })).toBe(403);
-    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job, attempt: 1 })).post({ step: 1, totalSteps: 10 })).toBe(202);
-    // A valid token of an attempt that is not the job's current one (attempt 1 is): refused as stale.
-    expect(await reporter(progressToken(harness.tokenKey, { namespace, name: "long-token", uid: job, attempt: 2 }), 2).post({ step: 1 })).toBe(409);
+    // The pod's own token, but for the API server's audience rather than the progress endpoint's.
+    expect(await reporter(await podToken(namespace, "long-token-train-1", ["https://kubernetes.default.svc"])).post({ step: 1 })).toBe(403);
+    // Attempt 1's token is not valid for attempt 2.
+    expect(await reporter(first, 2).post({ step: 1 })).toBe(403);
+    expect(await reporter(first).post({ step: 1, totalSteps: 10 })).toBe(202);
+
+    // The pod is deleted: attempt 2 replaces it, and the API server no longer vouches for the old pod's token.
+    await client.delete(podsPath(namespace, "long-token-train-1"));
+    await eventually("attempt 1's pod to be gone", async () => client.get(podsPath(namespace, "long-token-train-1")).then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)), 60_000);
+    await eventually("attempt 2 to run", async () => ((await podsOf("long-token")).find((pod) => pod.metadata?.name === "long-token-train-2")?.status?.phase === "Running" ? true : undefined), 60_000);
+    expect(await reporter(first).post({ step: 1 })).toBe(403);
+    expect(await reporter(first, 2).post({ step: 1 })).toBe(403);
+    const second = await podToken(namespace, "long-token-train-2");
+    expect(await reporter(second).post({ step: 1 })).toBe(403);
+    expect(await reporter(second, 2).post({ step: 2, totalSteps: 10 })).toBe(202);
+    // The API server itself stops vouching for the deleted pod's token (once its 10 s cache of good tokens lets go).
+    const review = () => client.create<{ status: { authenticated?: boolean } }>("/apis/authentication.k8s.io/v1/tokenreviews", { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token: first, audiences: ["kubetune-progress"] } });
+    await eventually("the deleted pod's token to be refused by the API server", async () => ((await review()).status.authenticated ? undefined : true), 30_000);
+    expect(await reporter(first).post({ step: 1 })).toBe(403);
     await client.delete(jobsPath(namespace, "long-token"));
   });
 
   it("refuses reports for a finished job: its outputs are not rewritten", async () => {
     const done = await waitForPhase("ok-basic", ["Succeeded"]);
-    const token = progressToken(harness.tokenKey, { namespace, name: "ok-basic", uid: done.metadata.uid!, attempt: 1 });
+    // The finished pod is still there, and its token still valid: the job's phase refuses the report.
+    const token = await podToken(namespace, "ok-basic-train-1");
     const reporter = new ProgressReporter({ url: harness.options.settings.progressUrl, namespace, name: "ok-basic", token, attempt: 1, ca: harness.ca });
     expect(await reporter.post({ step: 6, outputs: { uri: "s3://elsewhere/forged", files: [] } })).toBe(409);
     expect((await getJob("ok-basic")).status?.outputs).toEqual(done.status?.outputs);
@@ -207,15 +222,15 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     await client.delete(jobsPath(namespace, "long-restart"));
   });
 
-  it("fails with NameConflict, and leaves it alone, when a Secret of the job's token name belongs to something else", async () => {
-    const secretPath = resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name: "ok-ncsecret-progress" });
-    await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace }), { apiVersion: "v1", kind: "Secret", metadata: { name: "ok-ncsecret-progress" }, stringData: { token: "someone else's" } });
-    await client.create(jobsPath(namespace), jobManifest("ok-ncsecret"));
-    const done = await waitForPhase("ok-ncsecret", ["Failed", "Succeeded"]);
-    expect(done.status?.conditions?.find((condition) => condition.type === "Failed")).toMatchObject({ reason: "NameConflict", message: expect.stringContaining(`Secret ${namespace}/ok-ncsecret-progress already exists`) });
-    expect(await podsOf("ok-ncsecret")).toEqual([]);
-    await client.delete(jobsPath(namespace, "ok-ncsecret"));
-    await eventually("the job to be gone", async () => getJob("ok-ncsecret").then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)));
+  it("runs a job beside a Secret named as earlier versions named the job's token Secret, and leaves that Secret alone", async () => {
+    const secretPath = resourcePath({ group: "", version: "v1", plural: "secrets", namespace, name: "ok-oldsecret-progress" });
+    await client.create(resourcePath({ group: "", version: "v1", plural: "secrets", namespace }), { apiVersion: "v1", kind: "Secret", metadata: { name: "ok-oldsecret-progress" }, stringData: { token: "someone else's" } });
+    await client.create(jobsPath(namespace), jobManifest("ok-oldsecret"));
+    const done = await waitForPhase("ok-oldsecret", ["Failed", "Succeeded"]);
+    expect(done.status?.phase).toBe("Succeeded");
+    expect(done.status?.progress?.percent).toBe(100);
+    await client.delete(jobsPath(namespace, "ok-oldsecret"));
+    await eventually("the job to be gone", async () => getJob("ok-oldsecret").then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)));
     const secret = await client.get<{ data: Record<string, string>; metadata: { ownerReferences?: unknown[] } }>(secretPath);
     expect(Buffer.from(secret.data.token!, "base64").toString()).toBe("someone else's");
     expect(secret.metadata.ownerReferences).toBeUndefined();

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isNotFound, resourcePath } from "../../kube/client.ts";
 import { kubeletTls } from "../../localcluster/pki.ts";
 import { PodRunner } from "../../localcluster/pod-runner.ts";
+import { mountVolumes } from "../../localcluster/volumes.ts";
 import { cluster, createNamespace, eventually, kubeClient, kubectlAsync } from "./harness.ts";
 
 const SHELL_IMAGE = "kubetune.local/shell:1";
@@ -208,6 +209,27 @@ describe("the local pod runner", () => {
     const done = await phaseOf("mounts", ["Succeeded", "Failed"]);
     expect(done.status?.phase, runner.logs(namespace, "mounts")).toBe("Succeeded");
     expect(runner.logs(namespace, "mounts").trim().split("\n")).toEqual(["hello from a volume", namespace, `system:serviceaccount:${namespace}:default`]);
+  });
+
+  it("projects a service account token bound to the pod for the volume's audience, and requests a new one at 80% of its life", async () => {
+    // On another node: the runner does not start it; the test mounts its volumes as the runner would.
+    const pod = shellPod("token", "true", { nodeName: "elsewhere", volumes: [{ name: "progress", projected: { sources: [{ serviceAccountToken: { audience: "kubetune-progress", expirationSeconds: 600, path: "token" } }] } }] });
+    pod.spec!.containers[0]!.volumeMounts = [{ name: "progress", mountPath: "/var/run/secrets/kubetune.io/progress", readOnly: true }];
+    const created = await client.create<V1Pod>(pods(), pod);
+    const dir = await mkdtemp(path.join(scratch, "token-"));
+    const mounted = await mountVolumes(client, created, created.spec!.containers[0]!, dir, undefined);
+    expect(mounted.mounts.get("/var/run/secrets/kubetune.io/progress")).toBe(path.join(dir, "volumes", "progress"));
+    expect(mounted.tokenRefresh?.everyMs).toBe(480_000);
+    const file = path.join(dir, "volumes", "progress", "token");
+    const review = (token: string) =>
+      client.create<{ status: { authenticated?: boolean; user?: { extra?: Record<string, string[]> } } }>("/apis/authentication.k8s.io/v1/tokenreviews", { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token, audiences: ["kubetune-progress"] } });
+    const first = readFileSync(file, "utf8");
+    expect((await review(first)).status).toMatchObject({ authenticated: true, user: { extra: { "authentication.kubernetes.io/pod-name": ["token"], "authentication.kubernetes.io/pod-uid": [created.metadata!.uid] } } });
+    await mounted.tokenRefresh!.refresh();
+    const second = readFileSync(file, "utf8");
+    expect(second).not.toBe(first);
+    expect((await review(second)).status.authenticated).toBe(true);
+    await client.delete(podPath("token"), { gracePeriodSeconds: 0 });
   });
 
   it("leaves a pod whose Secret volume is missing ContainerCreating", async () => {

@@ -1,8 +1,11 @@
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { readdir, readFile, rm } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CRD_FILE, GROUP, PLURAL, QUEUE_CRD_FILE, QUEUE_PLURAL, VERSION, type FineTuneJob, type FineTuneQueue } from "../../api/index.ts";
+import { API_VERSION, CRD_FILE, GROUP, KIND, PLURAL, QUEUE_CRD_FILE, QUEUE_PLURAL, VERSION, type FineTuneJob, type FineTuneQueue } from "../../api/index.ts";
 import { isConflict, isNotFound, resourcePath } from "../../kube/client.ts";
 import { Informer } from "../../kube/informer.ts";
 import { startLocalKueue, type KueueManager } from "../../localcluster/kueue.ts";
@@ -10,8 +13,10 @@ import { QueueController } from "../../operator/queue/controller.ts";
 import { KUEUE_GROUP, KUEUE_VERSION, KueueController, LABEL_PRIORITY_CLASS, workloadName, type Workload } from "../../operator/queue/kueue.ts";
 import { QueueMetrics } from "../../operator/queue/metrics.ts";
 import { EventRecorder } from "../../operator/runtime/events.ts";
-import { cluster, createNamespace, eventually, kubeClient, kubectl } from "./harness.ts";
-import { eventsOf, jobsPath, scriptedJobManifest, startOperatorHarness, type OperatorHarness } from "./operator-harness.ts";
+import type { S3ObjectStore } from "../../storage/s3-store.ts";
+import { writeTinyJob, type TinyJob } from "../../trainer/testing/tiny-job.ts";
+import { cluster, createNamespace, eventually, kubeClient, kubectl, s3Store } from "./harness.ts";
+import { eventsOf, jobsPath, KUBETUNE_IMAGE, scriptedJobManifest, startOperatorHarness, waitForPhase, type OperatorHarness } from "./operator-harness.ts";
 
 const client = kubeClient();
 const suffix = randomBytes(3).toString("hex");
@@ -195,9 +200,7 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
     if (!kueue) return;
     // Kueue's finalizers on its own objects are removed by the running manager: delete before it stops.
     for (const job of namespace ? (await client.list<FineTuneJob>(jobsPath(namespace))).items : []) await client.delete(jobsPath(namespace, job.metadata.name));
-    for (const workload of namespace ? (await client.list<Workload>(kueuePath("workloads", undefined, namespace))).items : []) {
-      await client.patch(kueuePath("workloads", workload.metadata!.name, namespace), { metadata: { finalizers: null } }).catch(() => undefined);
-    }
+    if (namespace) await deleteWorkloads(namespace);
     await client.delete(kueuePath("localqueues", localQueue, namespace)).catch(() => undefined);
     for (const name of Object.keys(priorityClasses)) await client.delete(kueuePath("workloadpriorityclasses", name)).catch(() => undefined);
     for (const objectPath of [kueuePath("clusterqueues", clusterQueue), kueuePath("resourceflavors", flavor)]) {
@@ -206,6 +209,19 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
     }
     await kueue.stop();
   }, 180_000);
+
+  /**
+   * Deletes a namespace's Workloads, their finalizers first. Deleting the jobs does not: the test
+   * control plane runs no garbage collector for their owner references, and a Workload left
+   * behind keeps its ClusterQueue (and so the flavor) from being deleted until the wait times out.
+   */
+  async function deleteWorkloads(inNamespace: string): Promise<void> {
+    for (const workload of (await client.list<Workload>(kueuePath("workloads", undefined, inNamespace))).items) {
+      const workloadPath = kueuePath("workloads", workload.metadata!.name, inNamespace);
+      await client.patch(workloadPath, { metadata: { finalizers: null } }).catch(() => undefined);
+      await client.delete(workloadPath).catch(() => undefined);
+    }
+  }
 
   const getJob = (name: string) => client.get<FineTuneJob>(jobsPath(namespace, name));
   const setPhase = (name: string, phase: string) => setJobPhase(namespace, name, phase);
@@ -312,11 +328,12 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
         await client.patch(jobsPath(opNamespace, job.metadata.name), { metadata: { finalizers: null } }).catch(() => undefined);
         await client.delete(jobsPath(opNamespace, job.metadata.name)).catch(() => undefined);
       }
-      for (const workload of opNamespace ? (await client.list<Workload>(kueuePath("workloads", undefined, opNamespace))).items : []) {
-        await client.patch(kueuePath("workloads", workload.metadata!.name, opNamespace), { metadata: { finalizers: null } }).catch(() => undefined);
-      }
+      if (opNamespace) await deleteWorkloads(opNamespace);
       await client.delete(kueuePath("localqueues", localQueue, opNamespace)).catch(() => undefined);
-      await client.delete(kueuePath("clusterqueues", opClusterQueue)).catch(() => undefined);
+      // Gone before the outer cleanup deletes the flavor, which Kueue keeps while a ClusterQueue names it.
+      const opQueuePath = kueuePath("clusterqueues", opClusterQueue);
+      await client.delete(opQueuePath).catch(() => undefined);
+      await eventually(`${opQueuePath} to be deleted`, async () => client.get(opQueuePath).then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)), 60_000).catch(() => undefined);
     }, 120_000);
 
     const getOpJob = (name: string) => client.get<FineTuneJob>(jobsPath(opNamespace, name));
@@ -363,6 +380,8 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
 describe("the operator with a FineTuneQueue: the queue admits, the job controller runs and stops trainers", () => {
   let namespace: string;
   let harness: OperatorHarness;
+  let tiny: TinyJob;
+  let store: S3ObjectStore;
   const twoGpus = `two-gpus-${suffix}`;
   const oneGpu = `one-gpu-${suffix}`;
 
@@ -370,15 +389,47 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
     applyCrds();
     namespace = await createNamespace("queue-op");
     harness = await startOperatorHarness([namespace], {}, { queues: { builtIn: true } }, { gpus: 2 });
+    // The tiny model and dataset the real trainer (`kubetune train`) fine-tunes, in MinIO.
+    tiny = await writeTinyJob();
+    store = s3Store("queue-op");
+    for (const folder of ["model", "data"]) {
+      for (const file of await readdir(path.join(tiny.dir, folder))) await store.put(`${folder}/${file}`, await readFile(path.join(tiny.dir, folder, file)));
+    }
   });
 
   afterAll(async () => {
     await harness?.stop();
     for (const name of [twoGpus, oneGpu]) await client.delete(queuePath(name)).catch(() => undefined);
+    if (tiny) await rm(tiny.dir, { recursive: true, force: true });
   });
 
   const getJob = (name: string) => client.get<FineTuneJob>(jobsPath(namespace, name));
   const job = (name: string, queue: string, spec: Record<string, unknown> = {}) => scriptedJobManifest(name, namespace, { queueName: queue, resources: { gpus: 1 }, ...spec });
+  /**
+   * A 1-GPU job for the real trainer, as the full loop's (full-loop.test.ts): 40 deterministic
+   * steps with dropout, accumulation and evaluation, a checkpoint every 10. Same spec, same
+   * adapter, whatever the job's name, queue or interruptions.
+   */
+  const trainingJob = (name: string, queue?: string): FineTuneJob =>
+    ({
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: { name, namespace },
+      spec: {
+        ...tiny.manifest.spec,
+        baseModel: { uri: `${store.uri}/model` },
+        dataset: { train: `${store.uri}/data/train.jsonl`, format: "text", maxSeqLength: 32, evalFraction: 0.2 },
+        method: { type: "lora", lora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj"] } },
+        hyperparameters: { maxSteps: 40, batchSize: 2, gradientAccumulation: 2, learningRate: 0.01, warmupSteps: 3, evalEverySteps: 10, seed: 3 },
+        checkpoint: { everySteps: 10, keep: 2 },
+        output: { uri: `${store.uri}/outputs/${name}` },
+        storage: { secretRef: { name: "s3-creds" } },
+        trainer: { ...tiny.manifest.spec.trainer, image: KUBETUNE_IMAGE },
+        resources: { gpus: 1 },
+        ...(queue ? { queueName: queue } : {}),
+      },
+    }) as FineTuneJob;
+  const adapter = (name: string) => store.get(`outputs/${name}/adapter_model.safetensors`);
 
   it("runs five 1-GPU jobs two at a time, in priority and then arrival order", async () => {
     // Created before their queue exists, so that the queue sees all five at once and only order decides.
@@ -433,34 +484,93 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
     expect(failed.status?.attempts ?? 0).toBe(0);
   });
 
-  it("preempts a running low-priority job for a high one; the low one checkpoints, queues again and finishes without a failure", async () => {
+  it("preempts a training low-priority job for a high one; the low one checkpoints, queues again without a failure, and resumes to the adapter of an uninterrupted run", async () => {
     await client.create(queuePath(), queueManifest(oneGpu, { gpus: 1 }));
-    await client.create(jobsPath(namespace), job("slow-low", oneGpu));
-    await eventually("slow-low to train", async () => {
-      const current = await getJob("slow-low");
-      return current.status?.phase === "Running" && (current.status.progress?.step ?? 0) > 0 ? true : undefined;
-    }, 60_000);
+    // The same spec, uninterrupted and outside the queue (the node has a second GPU), runs alongside: the adapter to match.
+    await client.create(jobsPath(namespace), trainingJob("uninterrupted"));
+    await client.create(jobsPath(namespace), trainingJob("low", oneGpu));
+    // The tiny run has about 2 s of training left after its first checkpoint, less than a preemption may take on a busy
+    // machine: the trainer is frozen (SIGSTOP) once that checkpoint is out, so the preemption always lands mid-run.
+    const pid = await eventually(
+      "low's first checkpoint",
+      async () => {
+        if (!harness.runner.logs(namespace, "low-train-1").includes('"event":"checkpoint"')) return undefined;
+        const trainer = harness.runner.processes().get(`${namespace}/low-train-1`);
+        if (!trainer) throw new Error("low's trainer finished before it could be preempted");
+        process.kill(-trainer, "SIGSTOP");
+        return trainer;
+      },
+      120_000,
+    );
+    const saved = await listKeys("outputs/low/checkpoints/");
+    expect(saved.filter((key) => key.endsWith("/manifest.json")).length).toBeGreaterThan(0);
     await client.create(jobsPath(namespace), job("ok-urgent", oneGpu, { priority: 100 }));
-    const requeued = await eventually("slow-low back in the queue", async () => {
-      const current = await getJob("slow-low");
+    // The queue takes low's admission back, the job controller deletes its pod, the pod runner sends SIGTERM: it waits,
+    // pending, until the trainer runs again, finishes its step and checkpoints.
+    await eventually("SIGTERM to the preempted trainer", async () => (signalPending(pid, "SIGTERM") ? true : undefined), 60_000);
+    process.kill(-pid, "SIGCONT");
+
+    const requeued = await eventually("low back in the queue", async () => {
+      const current = await getJob("low");
       return current.status?.phase === "Queued" && admittedOf(current)?.reason === "Queued" ? current : undefined;
     }, 60_000);
     // Back in line behind the job that preempted it, which the Preempted event names.
     expect(admittedOf(requeued)).toMatchObject({ status: "False", reason: "Queued", message: `waiting for 1 GPU; 1 of 1 GPUs in use by ${namespace}/ok-urgent` });
     expect(requeued.status?.queue).toEqual({ position: 1, waitReason: `waiting for 1 GPU; 1 of 1 GPUs in use by ${namespace}/ok-urgent` });
-    expect((await eventsOf(namespace, "slow-low")).find((event) => event.reason === "Preempted")?.message).toContain(`preempted by ${namespace}/ok-urgent (priority 100, above this job's 0)`);
+    expect((await eventsOf(namespace, "low")).find((event) => event.reason === "Preempted")?.message).toContain(`preempted by ${namespace}/ok-urgent (priority 100, above this job's 0)`);
     expect(requeued.status?.failedAttempts ?? 0).toBe(0);
+    // The preempted attempt, past its first checkpoint and short of the end, saved one more on SIGTERM.
+    const stopped = jsonEvents("low-train-1").find((event) => event.event === "stopped");
+    expect(stopped).toMatchObject({ signal: "SIGTERM", checkpoint: expect.stringContaining("/outputs/low/checkpoints/step-") });
+    expect(stopped!.step).toBeGreaterThanOrEqual(10);
+    expect(stopped!.step).toBeLessThan(40);
     const urgent = await eventually("ok-urgent to succeed", async () => {
       const current = await getJob("ok-urgent");
       return current.status?.phase === "Succeeded" ? current : undefined;
     }, 60_000);
     expect(urgent.status).toMatchObject({ attempts: 1, failedAttempts: 0 });
-    const low = await eventually("slow-low to finish after all", async () => {
-      const current = await getJob("slow-low");
-      return current.status?.phase === "Succeeded" || current.status?.phase === "Failed" ? current : undefined;
-    }, 90_000);
-    expect(low.status).toMatchObject({ phase: "Succeeded", attempts: 2, failedAttempts: 0 });
-    expect((await eventsOf(namespace, "slow-low")).map((event) => event.reason)).toEqual(expect.arrayContaining(["Admitted", "Preempted", "Completed"]));
+    const low = await waitForPhase(namespace, "low", ["Succeeded", "Failed"], 150_000);
+    expect(low.status).toMatchObject({ phase: "Succeeded", attempts: 2, failedAttempts: 0, progress: { step: 40, totalSteps: 40 } });
+    expect((await eventsOf(namespace, "low")).map((event) => event.reason)).toEqual(expect.arrayContaining(["Admitted", "Preempted", "Completed"]));
     expect((await client.get<FineTuneQueue>(queuePath(oneGpu))).status?.preempted).toBe(1);
+    // Attempt 2 resumed from the checkpoint saved on SIGTERM, and ended with the same adapter, byte for byte.
+    expect(jsonEvents("low-train-2").find((event) => event.event === "start")).toMatchObject({ step: stopped!.step, resumedFrom: stopped!.checkpoint });
+    expect(await waitForPhase(namespace, "uninterrupted", ["Succeeded", "Failed"], 150_000)).toMatchObject({ status: { phase: "Succeeded", attempts: 1 } });
+    expect((await adapter("low")).equals(await adapter("uninterrupted"))).toBe(true);
   });
+
+  /** The keys under a prefix of the test's store. */
+  async function listKeys(prefix: string): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const object of store.list(prefix)) keys.push(object.key);
+    return keys;
+  }
+
+  /** The trainer's JSON event lines (`kubetune train` logs one per event) from a pod's log. */
+  function jsonEvents(pod: string): TrainerEvent[] {
+    return harness.runner
+      .logs(namespace, pod)
+      .split("\n")
+      .filter((line) => line.startsWith("{"))
+      .map((line) => JSON.parse(line) as TrainerEvent);
+  }
 });
+
+/** The fields of the trainer's progress events (trainer/train/progress.ts) these tests read. */
+interface TrainerEvent {
+  event: string;
+  step?: number;
+  checkpoint?: string;
+  resumedFrom?: string;
+  signal?: string;
+}
+
+/**
+ * Whether a signal is pending on a stopped process: Linux shows the process's pending signals
+ * as a hex mask (ShdPnd; SigPnd for its main thread) in /proc/<pid>/status, bit n-1 for signal n.
+ */
+function signalPending(pid: number, signal: NodeJS.Signals): boolean {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const bit = 1n << BigInt(os.constants.signals[signal] - 1);
+  return [...status.matchAll(/^(?:ShdPnd|SigPnd):\s*([0-9a-f]+)$/gm)].some((match) => (BigInt(`0x${match[1]}`) & bit) !== 0n);
+}

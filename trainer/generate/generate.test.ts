@@ -1,14 +1,18 @@
+import { rm } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as tf from "@tensorflow/tfjs-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../backend/backend.ts";
 import { loraMethod } from "../methods/lora/model.ts";
+import { prefixMethod } from "../methods/prefix/model.ts";
+import { promptMethod } from "../methods/prompt/model.ts";
 import type { Adapter } from "../methods/method.ts";
 import { loadModel } from "../model/loader.ts";
 import type { CausalLM } from "../model/model.ts";
 import { Rng } from "../random.ts";
 import { TestFolderStore } from "../testing/folder-store.ts";
+import { TINY_GPT2, writeTinyModel } from "../testing/tiny-models.ts";
 import { generate, generateUncached, pickToken, samplingDistribution } from "./generate.ts";
 
 const QUICKSTART_MODEL = path.join(path.dirname(fileURLToPath(import.meta.url)), "../../examples/quickstart/model");
@@ -79,6 +83,56 @@ describe("generate with a key/value cache", () => {
     expect(() => generate(adapter, PROMPT, { samples: 1, maxNewTokens: 4, temperature: 1, topP: 1 })).toThrow(/needs a random generator/);
     expect(() => generate(adapter, PROMPT, { samples: 1, maxNewTokens: 4, temperature: 0, topP: 0 })).toThrow(/topP/);
     expect(() => generate(adapter, [], { samples: 1, maxNewTokens: 4, temperature: 0, topP: 1 })).toThrow(/no tokens/);
+  });
+});
+
+describe("generate with virtual tokens (prompt and prefix tuning)", () => {
+  // Each method's table gets random values: virtual tokens that change the continuation.
+  const methods = [
+    { name: "prefix", inject: (base: CausalLM) => prefixMethod.inject(base, { numVirtualTokens: 5 }, { rng: Rng.fromSeed(4), baseModelNameOrPath: "tiny" }) },
+    { name: "prefix with projection", inject: (base: CausalLM) => prefixMethod.inject(base, { numVirtualTokens: 3, projection: true, projectionHiddenSize: 16 }, { rng: Rng.fromSeed(4), baseModelNameOrPath: "tiny" }) },
+    { name: "prompt", inject: (base: CausalLM) => promptMethod.inject(base, { numVirtualTokens: 4 }, { rng: Rng.fromSeed(4), baseModelNameOrPath: "tiny" }) },
+  ];
+
+  async function onModels(body: (base: CausalLM, family: string) => void): Promise<void> {
+    // The quickstart Llama (rotary positions) and a tiny GPT-2 (learned positions, which the virtual tokens take too).
+    const gpt2Folder = await writeTinyModel(TINY_GPT2, { seed: 12 });
+    const gpt2 = await loadModel(gpt2Folder.store);
+    const llama = await loadModel(new TestFolderStore(QUICKSTART_MODEL));
+    try {
+      body(llama, "llama");
+      body(gpt2, "gpt2");
+    } finally {
+      llama.dispose();
+      gpt2.dispose();
+      await rm(gpt2Folder.dir, { recursive: true, force: true });
+    }
+  }
+
+  it("gives exactly the argmax tokens of the adapter's no-cache full forward pass", async () => {
+    await onModels((base, family) => {
+      const prompt = PROMPT.map((id) => id % base.config.vocabSize);
+      for (const method of methods) {
+        const virtual = method.inject(base);
+        try {
+          const before = tf.memory().numTensors;
+          for (const ids of [prompt, prompt.slice(0, 1)]) {
+            const options = { samples: 2, maxNewTokens: 12, temperature: 0, topP: 1 };
+            const cached = generate(virtual, ids, options);
+            expect(cached, `${method.name} on ${family}, ${ids.length} prompt tokens`).toEqual(generateUncached(virtual, ids, options));
+            expect(cached[0]).toHaveLength(12);
+            // The virtual tokens matter: without them (adapter disabled) the continuation differs.
+            // (The projection's initial prefix, tanh of small values, may leave a tiny model's argmax alone.)
+            if (!method.name.includes("projection")) expect(cached[0], `${method.name} on ${family}`).not.toEqual(generate(virtual, ids, { ...options, disableAdapters: true })[0]);
+          }
+          const sampling = { samples: 3, maxNewTokens: 8, temperature: 1.1, topP: 0.95 };
+          expect(generate(virtual, prompt, { ...sampling, rng: Rng.fromSeed(8) })).toEqual(generateUncached(virtual, prompt, { ...sampling, rng: Rng.fromSeed(8) }));
+          expect(tf.memory().numTensors).toBe(before);
+        } finally {
+          virtual.remove();
+        }
+      }
+    });
   });
 });
 

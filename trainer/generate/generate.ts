@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { Adapter } from "../methods/method.ts";
-import type { KeyValuePrefix } from "../model/model.ts";
+import type { KeyValuePrefix, ModelInputs } from "../model/model.ts";
 import type { Rng } from "../random.ts";
 
 /**
@@ -16,6 +16,10 @@ import type { Rng } from "../random.ts";
  * would be placed further along than its own tokens, unlike Hugging Face's position_ids from the
  * mask. Batching the samples of one prompt avoids that rather than approximating it.) A row that
  * has produced EOS keeps running with the others until all are done, its later tokens dropped.
+ *
+ * Prompt and prefix tuning's virtual tokens are the cache's first positions (Adapter.keyValues:
+ * prefix tuning's trained keys and values, prompt tuning's embeddings run through the model), so
+ * the prompt's positions follow them as in the adapter's own forward pass.
  */
 export interface GenerationOptions {
   /** Rows to sample, all continuing the same prompt. */
@@ -28,7 +32,10 @@ export interface GenerationOptions {
   topP: number;
   /** Generation of a row stops at this token, which is not part of its output. */
   eosId?: number;
-  /** The most positions (prompt and generated) a row may take, e.g. GPT-2's n_positions. */
+  /**
+   * The most tokens (prompt and generated) a row may hold. Virtual tokens (prompt and prefix
+   * tuning) are not counted: a caller bound by positions, such as GPT-2's n_positions, subtracts them.
+   */
   maxLength?: number;
   /** Generate with the base model alone (the adapter disabled). */
   disableAdapters?: boolean;
@@ -40,10 +47,6 @@ export interface GenerationOptions {
 export function generate(adapter: Adapter, promptIds: readonly number[], options: GenerationOptions): number[][] {
   checkOptions(options);
   if (promptIds.length === 0) throw new Error("generate: the prompt has no tokens");
-  if (adapter.virtualTokens) {
-    // Prompt and prefix tuning rewrite the inputs in adapter.forward; the cache is built from model.keyValues, which does not.
-    throw new Error(`generate: method ${adapter.type} places virtual tokens before the input, which the key/value cache does not hold yet; use a method such as lora`);
-  }
   const model = adapter.model;
   const disableAdapters = options.disableAdapters ?? false;
   const rows = options.samples;
@@ -51,17 +54,24 @@ export function generate(adapter: Adapter, promptIds: readonly number[], options
   const outputs: number[][] = Array.from({ length: rows }, () => []);
   if (limit <= 0) return outputs;
   const done = new Array<boolean>(rows).fill(false);
+  // Prompt and prefix tuning place virtual tokens before the input: their keys and values come
+  // from the adapter (Adapter.keyValues), and are the cache's first positions. Every other
+  // method changes the model's own modules, which model.keyValues runs through.
+  const keyValues = (inputs: ModelInputs) => (adapter.keyValues && !disableAdapters ? adapter.keyValues(inputs) : model.keyValues(inputs));
 
   // The prompt but its last token fills the cache (batch 1: withPrefix tiles it over the rows);
-  // the last token is the first step's input, whose logits give the first generated token.
+  // the last token is the first step's input, whose logits give the first generated token. A
+  // one-token prompt has no lead: the cache is then the virtual tokens' alone (none without them).
   let cache: KeyValuePrefix[] | undefined;
   if (promptIds.length > 1) {
     const lead = tf.tensor2d(promptIds.slice(0, -1), [1, promptIds.length - 1], "int32");
     try {
-      cache = model.keyValues({ inputIds: lead, disableAdapters });
+      cache = keyValues({ inputIds: lead, disableAdapters });
     } finally {
       lead.dispose();
     }
+  } else if (adapter.keyValues && !disableAdapters && adapter.virtualTokens) {
+    cache = virtualOnly(adapter, keyValues);
   }
   let next: number[] = new Array<number>(rows).fill(promptIds.at(-1)!);
   try {
@@ -87,6 +97,27 @@ export function generate(adapter: Adapter, promptIds: readonly number[], options
     if (cache) for (const { key, value } of cache) tf.dispose([key, value]);
   }
   return outputs;
+}
+
+/**
+ * The virtual tokens' own keys and values, for a prompt of one token: the cache of a one-token
+ * input, cut before that token's position (the virtual positions come first and, causally, do
+ * not depend on what follows them).
+ */
+function virtualOnly(adapter: Adapter, keyValues: (inputs: ModelInputs) => KeyValuePrefix[]): KeyValuePrefix[] {
+  const virtual = adapter.virtualTokens!;
+  const probe = tf.tensor2d([0], [1, 1], "int32");
+  let whole: KeyValuePrefix[] = [];
+  try {
+    whole = keyValues({ inputIds: probe });
+    return whole.map(({ key, value }) => {
+      const cut = (tensor: tf.Tensor4D) => tf.slice(tensor, [0, 0, 0, 0], [-1, -1, virtual, -1]);
+      return { key: cut(key), value: cut(value) };
+    });
+  } finally {
+    probe.dispose();
+    for (const { key, value } of whole) tf.dispose([key, value]);
+  }
 }
 
 /**

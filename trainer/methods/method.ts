@@ -1,5 +1,5 @@
 import type * as tf from "@tensorflow/tfjs-core";
-import type { CausalLM, ModelInputs } from "../model/model.ts";
+import type { CausalLM, KeyValuePrefix, ModelInputs } from "../model/model.ts";
 import type { Rng } from "../random.ts";
 import type { TensorMap } from "../safetensors/safetensors.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
@@ -51,6 +51,13 @@ export interface Adapter {
    * base model alone call model.forward({ ...inputs, disableAdapters: true }).
    */
   forward(inputs: ModelInputs): tf.Tensor3D;
+  /**
+   * Methods that place virtual tokens before the input (prompt and prefix tuning): each layer's
+   * keys and values for `inputs` with those tokens in front, as CausalLM.keyValues gives them,
+   * so that a generation cache (trainer/generate) holds the virtual tokens too. Methods that
+   * change the model's own modules need none: model.keyValues runs through them.
+   */
+  keyValues?(inputs: ModelInputs): KeyValuePrefix[];
   /** The variables the optimizer updates, by stable name, in a fixed order. */
   trainableVariables(): Map<string, tf.Variable>;
   /** Number of trainable parameters (for the trainable share reported in metrics). */

@@ -5,7 +5,9 @@ import { selectBackend } from "../backend/backend.ts";
 import type { BatchData, TokenBatch } from "../data/batching.ts";
 import { IGNORE_INDEX } from "../data/encode.ts";
 import type { LoraOptions } from "../methods/lora/config.ts";
+import { fullMethod } from "../methods/full/model.ts";
 import { loraMethod, type LoraAdapter } from "../methods/lora/model.ts";
+import type { Adapter } from "../methods/method.ts";
 import { loadModel } from "../model/loader.ts";
 import type { CausalLM } from "../model/model.ts";
 import { Rng } from "../random.ts";
@@ -13,7 +15,7 @@ import { relativeError } from "../testing/compare.ts";
 import { randomizeLoraB, usingAdapter } from "../testing/method-tests.ts";
 import { TINY_LLAMA, writeTinyModel, type TinyModel } from "../testing/tiny-models.ts";
 import { nextTokenTargets } from "../train/loss.ts";
-import { DpoObjective, dpoObjective, joinRows } from "./dpo.ts";
+import { DpoObjective, dpoObjective, joinRows, rowKey } from "./dpo.ts";
 import { sequenceLogProbabilities } from "./log-probabilities.ts";
 
 let folder: TinyModel;
@@ -86,7 +88,7 @@ function rowLogProbabilities(logits: Float32Array, batch: TokenBatch, vocab: num
   return sums;
 }
 
-function logitsOf(adapter: LoraAdapter, batch: TokenBatch, disableAdapters: boolean): Float32Array {
+function logitsOf(adapter: Pick<Adapter, "forward">, batch: TokenBatch, disableAdapters: boolean): Float32Array {
   const shape: [number, number] = [batch.rows, batch.seqLength];
   return tf.tidy(() =>
     adapter.forward({ inputIds: tf.tensor2d(batch.inputIds, shape, "int32"), attentionMask: tf.tensor2d(batch.attentionMask, shape, "int32"), disableAdapters }).dataSync() as Float32Array,
@@ -94,12 +96,12 @@ function logitsOf(adapter: LoraAdapter, batch: TokenBatch, disableAdapters: bool
 }
 
 /** The mean DPO loss over the pairs, from full logits, differentiated op by op by tfjs: the unchunked reference gradient. */
-function unchunkedGradients(adapter: LoraAdapter, batch: BatchData & { kind: "preference" }, beta: number, labelSmoothing: number): ArrayLike<number>[] {
+function unchunkedGradients(adapter: Adapter, batch: BatchData & { kind: "preference" }, beta: number, labelSmoothing: number, referenceLogps?: number[]): ArrayLike<number>[] {
   const joined = joinRows(batch.chosen, batch.rejected);
   const shape: [number, number] = [joined.rows, joined.seqLength];
   const targets = nextTokenTargets(joined.labels, joined.rows, joined.seqLength);
   const vocab = adapter.model.config.vocabSize;
-  const reference = rowLogProbabilities(logitsOf(adapter, joined, true), joined, vocab);
+  const reference = referenceLogps ?? rowLogProbabilities(logitsOf(adapter, joined, true), joined, vocab);
   const variables = [...adapter.trainableVariables().values()];
   const { grads } = tf.variableGrads(() => {
     const logits = adapter.forward({ inputIds: tf.tensor2d(joined.inputIds, shape, "int32"), attentionMask: tf.tensor2d(joined.attentionMask, shape, "int32"), training: true });
@@ -182,10 +184,84 @@ describe("the DPO loss", () => {
     });
   });
 
-  it("refuses full fine-tuning, whose base weights are the policy's, and bad options", () => {
-    expect(() => dpoObjective({ beta: 0.1, labelSmoothing: 0 }, { type: "full", trainsBaseWeights: true })).toThrow(/method "full" trains the base weights/);
+  it("refuses bad options", () => {
     expect(() => dpoObjective({ beta: 0, labelSmoothing: 0 }, { type: "lora" })).toThrow(/spec.objective.dpo.beta/);
     expect(() => dpoObjective({ beta: 0.1, labelSmoothing: 0.6 }, { type: "lora" })).toThrow(/spec.objective.dpo.labelSmoothing/);
+  });
+
+  it("with full fine-tuning, trains against log-probabilities precomputed from the initial model: TRL's loss and the gradient by hand", async () => {
+    const batch = preferenceBatch(TINY_LLAMA.vocab_size, 4);
+    // A second copy of the tiny model trains; `llama` stays the initial model, the reference by hand.
+    const model = await loadModel(folder.store);
+    const adapter = fullMethod.inject(model, undefined, { rng: Rng.fromSeed(3), baseModelNameOrPath: "tiny" });
+    try {
+      const [beta, labelSmoothing] = [0.5, 0.2];
+      const objective = dpoObjective({ beta, labelSmoothing }, adapter);
+      expect(objective.reference).toBe("precomputed");
+      const variables = [...adapter.trainableVariables().values()];
+      expect(() => objective.lossAndGradients(adapter, [batch], variables)).toThrow(/not precomputed/);
+      // The precomputing pass sees the rows in other batches (one pair each, shorter padding) than the step will.
+      const single = (row: number): BatchData => {
+        const take = (rows: TokenBatch): TokenBatch => {
+          let length = rows.seqLength;
+          while (rows.attentionMask[row * rows.seqLength + length - 1] === 0 && length > 1) length--;
+          const range = (a: Int32Array) => a.slice(row * rows.seqLength, row * rows.seqLength + length);
+          return { rows: 1, seqLength: length, inputIds: range(rows.inputIds), attentionMask: range(rows.attentionMask), labels: range(rows.labels) };
+        };
+        const [chosen, rejected] = [take(batch.chosen), take(batch.rejected)];
+        const seqLength = Math.max(chosen.seqLength, rejected.seqLength);
+        const pad = (rows: TokenBatch): TokenBatch => {
+          const grow = (a: Int32Array, fill: number) => Int32Array.from({ length: seqLength }, (_, i) => (i < rows.seqLength ? a[i]! : fill));
+          return { rows: 1, seqLength, inputIds: grow(rows.inputIds, 0), attentionMask: grow(rows.attentionMask, 0), labels: grow(rows.labels, IGNORE_INDEX) };
+        };
+        return { kind: "preference", chosen: pad(chosen), rejected: pad(rejected) };
+      };
+      async function* batches() {
+        yield single(0);
+        yield single(1);
+      }
+      await objective.precomputeReference(adapter, [batches()]);
+      // The policy moves away from the initial model, as training would move it.
+      variables.forEach((variable, i) => tf.tidy(() => variable.assign(tf.add(variable, tf.randomNormal(variable.shape, 0, 0.05, "float32", 100 + i)))));
+
+      const { loss, gradients, logProbabilities } = objective.lossAndGradients(adapter, [batch], variables);
+      const joined = joinRows(batch.chosen, batch.rejected);
+      const vocab = TINY_LLAMA.vocab_size;
+      const policy = rowLogProbabilities(logitsOf(adapter, joined, false), joined, vocab);
+      const reference = rowLogProbabilities(logitsOf(llama, joined, true), joined, vocab);
+      expect(policy[0]).not.toBeCloseTo(reference[0]!, 2);
+      const margins = [0, 1].map((i) => policy[i]! - reference[i]! - (policy[i + 2]! - reference[i + 2]!));
+      const expected = (trlLoss(margins[0]!, beta, labelSmoothing) + trlLoss(margins[1]!, beta, labelSmoothing)) / 2;
+      expect(Math.abs(loss.dataSync()[0]! - expected) / expected).toBeLessThan(1e-5);
+      expect(Array.from(logProbabilities[0]!.referenceChosen)).toEqual([expect.closeTo(reference[0]!, 4), expect.closeTo(reference[1]!, 4)]);
+      expect(Array.from(logProbabilities[0]!.referenceRejected)).toEqual([expect.closeTo(reference[2]!, 4), expect.closeTo(reference[3]!, 4)]);
+
+      const expectedGradients = unchunkedGradients(adapter, batch, beta, labelSmoothing, reference);
+      gradients.forEach((gradient, i) => {
+        expect(Math.max(...Array.from(expectedGradients[i]!, Math.abs))).toBeGreaterThan(0);
+        expect(relativeError(gradient.dataSync(), expectedGradients[i]!)).toBeLessThan(1e-4);
+      });
+      tf.dispose([loss, ...gradients]);
+    } finally {
+      adapter.remove();
+      model.dispose();
+    }
+  });
+
+  it("keys a precomputed row by its tokens and labels, not by its padding", () => {
+    const batch = preferenceBatch(TINY_LLAMA.vocab_size, 4).rejected;
+    const wider: TokenBatch = {
+      rows: 1,
+      seqLength: 14,
+      inputIds: Int32Array.from({ length: 14 }, (_, i) => (i < 10 ? batch.inputIds[10 + i]! : 0)),
+      attentionMask: Int32Array.from({ length: 14 }, (_, i) => (i < 10 ? batch.attentionMask[10 + i]! : 0)),
+      labels: Int32Array.from({ length: 14 }, (_, i) => (i < 10 ? batch.labels[10 + i]! : IGNORE_INDEX)),
+    };
+    expect(rowKey(wider, 0)).toBe(rowKey(batch, 1));
+    expect(rowKey(batch, 0)).not.toBe(rowKey(batch, 1));
+    // The same tokens with another prompt/completion split are another row.
+    const relabelled = { ...wider, labels: wider.labels.map((label, i) => (i === 3 ? IGNORE_INDEX : label)) };
+    expect(rowKey(relabelled, 0)).not.toBe(rowKey(wider, 0));
   });
 });
 

@@ -1,11 +1,14 @@
+import { createHash } from "node:crypto";
 import * as tf from "@tensorflow/tfjs-core";
+import { StorageError } from "../../storage/object-store.ts";
 import type { BatchData, TokenBatch } from "../data/batching.ts";
 import type { Adapter } from "../methods/method.ts";
 import type { ForwardContext } from "../model/model.ts";
+import { CheckpointMismatchError } from "../train/loop.ts";
 import { nextTokenTargets } from "../train/loss.ts";
 import { applyGradients, countTokens, GradientSums, hiddenStates, type StepOptions } from "../train/step.ts";
 import { sequenceLogProbabilities } from "./log-probabilities.ts";
-import type { Objective, ObjectiveEvalResult, ObjectiveStepResult, PreferenceMetrics } from "./objective.ts";
+import type { Objective, ObjectiveEvalResult, ObjectivePreparation, ObjectiveStepResult, PreferenceMetrics } from "./objective.ts";
 
 /**
  * Direct preference optimisation (Rafailov et al. 2023), as TRL's DPOTrainer computes it with
@@ -18,10 +21,15 @@ import type { Objective, ObjectiveEvalResult, ObjectiveStepResult, PreferenceMet
  * log-probabilities (the prompt's carry none: the labels mask them, data/encode.ts) and ε is
  * labelSmoothing (cDPO, for labels that are wrong with probability ε).
  *
- * The reference model π_ref is the same model with the adapter disabled: no second copy of the
- * weights, and its log-probabilities are computed without a gradient tape. Full fine-tuning
- * trains the base weights themselves, so disabling "the adapter" gives the policy, not the
- * reference: it is refused (dpoObjective) rather than silently training against itself.
+ * For an adapter method the reference model π_ref is the same model with the adapter disabled:
+ * no second copy of the weights, and its log-probabilities are computed without a gradient tape.
+ * Full fine-tuning trains the base weights themselves, so disabling "the adapter" would give
+ * the policy, not the reference. There the reference log-probabilities are precomputed, as
+ * TRL's precompute_ref_log_probs does: before the first step, one pass of the model as it is
+ * then (the frozen initial model) over every training and eval record, the same rows the steps
+ * see (the loader's masks and truncation), stored by each row's tokens. They are written beside
+ * the checkpoints (prepare) and read back on resume: recomputing them then would use the
+ * trained weights.
  */
 export interface DpoOptions {
   /** β: how far the policy may move from the reference; TRL's default 0.1. */
@@ -30,19 +38,19 @@ export interface DpoOptions {
   labelSmoothing: number;
 }
 
-/** The objective for an adapter; throws when the adapter cannot give a reference model. */
-export function dpoObjective(options: DpoOptions, adapter: Pick<Adapter, "type" | "trainsBaseWeights">): Objective {
+/**
+ * Where π_ref's log-probabilities come from: the model with the adapter disabled, computed with
+ * each step; or precomputed once, before training, from the model as it is then.
+ */
+export type DpoReference = "adapter-disabled" | "precomputed";
+
+/** The objective for an adapter: full fine-tuning gets precomputed reference log-probabilities. */
+export function dpoObjective(options: DpoOptions, adapter: Pick<Adapter, "type" | "trainsBaseWeights">): DpoObjective {
   if (!(options.beta > 0) || !Number.isFinite(options.beta)) throw new Error(`spec.objective.dpo.beta: must be a positive number, got ${options.beta}`);
   if (!(options.labelSmoothing >= 0 && options.labelSmoothing <= 0.5)) {
     throw new Error(`spec.objective.dpo.labelSmoothing: must be between 0 and 0.5, got ${options.labelSmoothing}`);
   }
-  if (adapter.trainsBaseWeights) {
-    throw new Error(
-      `spec.method.type: dpo needs a reference model, which for adapter methods is the base model with the adapter disabled; ` +
-        `method "${adapter.type}" trains the base weights themselves, and precomputed reference log-probabilities are not implemented yet: use an adapter method such as lora`,
-    );
-  }
-  return new DpoObjective(options);
+  return new DpoObjective(options, adapter.trainsBaseWeights ? "precomputed" : "adapter-disabled");
 }
 
 const TRAINING: ForwardContext = { training: true, disableAdapters: false };
@@ -57,13 +65,93 @@ export interface PairLogProbabilities {
   referenceRejected: Float32Array;
 }
 
+/** The file beside a job's checkpoints that holds its precomputed reference log-probabilities. */
+export const referenceFileKey = (folder: string, owner: string) => `${folder}/reference-logps-${owner}.json`;
+
+/** What the reference file holds: per row key (rowKey), the row's summed completion log-probability. */
+interface ReferenceFile {
+  fingerprint: string;
+  logps: Record<string, number>;
+}
+
 export class DpoObjective implements Objective {
   readonly type = "dpo";
+  /** Precomputed reference log-probabilities by rowKey; set by prepare or precomputeReference. */
+  private precomputed: Map<string, number> | undefined;
 
-  constructor(private readonly options: DpoOptions) {}
+  constructor(
+    private readonly options: DpoOptions,
+    readonly reference: DpoReference = "adapter-disabled",
+  ) {}
 
   check(batch: BatchData): void {
     preferencePairs(batch);
+  }
+
+  /**
+   * With precomputed references: on a fresh start, computes them from the model as it is now
+   * (before any step) over every training and eval record, and writes them beside the
+   * checkpoints before the first checkpoint can exist; on resume, reads them back.
+   */
+  async prepare(context: ObjectivePreparation): Promise<void> {
+    if (this.reference !== "precomputed") return;
+    const { store, folder, owner } = context.checkpoints;
+    const key = referenceFileKey(folder, owner);
+    const where = `${store.uri.replace(/\/+$/, "")}/${key}`;
+    if (context.resumed) {
+      let file: ReferenceFile;
+      try {
+        file = JSON.parse((await store.get(key)).toString("utf8")) as ReferenceFile;
+      } catch (error) {
+        if (error instanceof StorageError && error.code === "NotFound") {
+          throw new ReferenceMissingError(
+            `${where}: the reference log-probabilities of this DPO run (full fine-tuning) are missing, and they cannot be recomputed from the checkpoint's trained weights; ` +
+              "point checkpoint.uri (or output.uri) somewhere new to start over",
+          );
+        }
+        throw error instanceof SyntaxError ? new ReferenceMissingError(`${where}: not JSON (${error.message})`) : error;
+      }
+      if (file.fingerprint !== context.fingerprint) throw new ReferenceMissingError(`${where}: written by a run with other settings or data; start over with a new checkpoint.uri`);
+      this.precomputed = new Map(Object.entries(file.logps));
+      return;
+    }
+    await this.precomputeReference(context.adapter, [context.data.trainBatches(context.batchSize, { epochs: 1 }), ...(context.data.hasEval ? [context.data.evalBatches(context.batchSize)] : [])]);
+    const file: ReferenceFile = { fingerprint: context.fingerprint, logps: Object.fromEntries(this.precomputed!) };
+    await store.put(key, JSON.stringify(file));
+  }
+
+  /**
+   * One pass of the model as it is now, without dropout or a gradient tape, over every row of
+   * the batches: each row's summed completion log-probability, kept by rowKey.
+   */
+  async precomputeReference(adapter: Adapter, sources: readonly AsyncIterable<BatchData>[]): Promise<void> {
+    const head = adapter.model.outputHead;
+    const table = new Map<string, number>();
+    for (const batches of sources) {
+      for await (const batch of batches) {
+        const pair = preferencePairs(batch);
+        const joined = joinRows(pair.chosen, pair.rejected);
+        const targets = nextTokenTargets(joined.labels, joined.rows, joined.seqLength);
+        const logps = tf.tidy(() => sequenceLogProbabilities(hiddenStates(adapter, joined, POLICY_EVAL), head, targets, { context: POLICY_EVAL }).dataSync() as Float32Array);
+        for (let row = 0; row < joined.rows; row++) table.set(rowKey(joined, row), logps[row]!);
+      }
+    }
+    this.precomputed = table;
+  }
+
+  /** The reference log-probabilities of a joined batch's rows: computed with the adapter disabled, or looked up. */
+  private referenceLogProbabilities(adapter: Adapter, joined: TokenBatch, targets: ReturnType<typeof nextTokenTargets>): tf.Tensor1D {
+    if (this.reference === "adapter-disabled") {
+      return tf.tidy(() => sequenceLogProbabilities(hiddenStates(adapter, joined, REFERENCE), adapter.model.outputHead, targets, { context: REFERENCE }));
+    }
+    const table = this.precomputed;
+    if (!table) throw new Error("dpo: the reference log-probabilities were not precomputed before training (prepare)");
+    const values = Float32Array.from({ length: joined.rows }, (_, row) => {
+      const value = table.get(rowKey(joined, row));
+      if (value === undefined) throw new Error(`dpo: a preference row has no precomputed reference log-probability; the data changed since they were computed`);
+      return value;
+    });
+    return tf.tensor1d(values);
   }
 
   trainStep(adapter: Adapter, microBatches: readonly BatchData[], options: StepOptions): ObjectiveStepResult {
@@ -95,7 +183,7 @@ export class DpoObjective implements Objective {
       const joined = joinRows(pair.chosen, pair.rejected);
       const targets = nextTokenTargets(joined.labels, joined.rows, joined.seqLength);
       // Computed before the tape starts: the reference gets no gradient and keeps nothing for one.
-      const reference = tf.tidy(() => sequenceLogProbabilities(hiddenStates(adapter, joined, REFERENCE), head, targets, { context: REFERENCE }));
+      const reference = this.referenceLogProbabilities(adapter, joined, targets);
       let policy: tf.Tensor1D | undefined;
       sums.add(() => {
         const hidden = hiddenStates(adapter, joined, { ...TRAINING, gradientCheckpointing: options.gradientCheckpointing ?? false });
@@ -120,12 +208,10 @@ export class DpoObjective implements Objective {
       const pair = preferencePairs(batch);
       const joined = joinRows(pair.chosen, pair.rejected);
       const targets = nextTokenTargets(joined.labels, joined.rows, joined.seqLength);
-      const [policy, reference] = tf.tidy(() => [
-        sequenceLogProbabilities(hiddenStates(adapter, joined, POLICY_EVAL), head, targets, { context: POLICY_EVAL }),
-        sequenceLogProbabilities(hiddenStates(adapter, joined, REFERENCE), head, targets, { context: REFERENCE }),
-      ]);
-      read.push(splitPairs(policy!, reference!, pair.chosen.rows));
-      tf.dispose([policy!, reference!]);
+      const policy = tf.tidy(() => sequenceLogProbabilities(hiddenStates(adapter, joined, POLICY_EVAL), head, targets, { context: POLICY_EVAL }));
+      const reference = this.referenceLogProbabilities(adapter, joined, targets);
+      read.push(splitPairs(policy, reference, pair.chosen.rows));
+      tf.dispose([policy, reference]);
       tokens += countTokens(joined);
     }
     if (read.length === 0) return undefined;
@@ -226,6 +312,27 @@ function splitPairs(policy: tf.Tensor1D, reference: tf.Tensor1D, pairs: number):
     referenceChosen: r.slice(0, pairs),
     referenceRejected: r.slice(pairs, 2 * pairs),
   };
+}
+
+/**
+ * A row's identity for the precomputed references: a hash of its tokens and labels up to its
+ * last non-pad position (rows are padded on the right, and how far depends on the batch), so a
+ * row finds its value whatever batch, order or epoch it comes in.
+ */
+export function rowKey(batch: TokenBatch, row: number): string {
+  const start = row * batch.seqLength;
+  let length = batch.seqLength;
+  while (length > 0 && batch.attentionMask[start + length - 1] === 0) length--;
+  const bytes = (values: Int32Array) => {
+    const part = values.subarray(start, start + length);
+    return Buffer.from(part.buffer, part.byteOffset, part.byteLength);
+  };
+  return createHash("sha256").update(bytes(batch.inputIds)).update(bytes(batch.labels)).digest("base64url");
+}
+
+/** A run resumed without its precomputed reference log-probabilities (or with another run's): the job's InvalidSpec, as for a checkpoint of other settings. */
+export class ReferenceMissingError extends CheckpointMismatchError {
+  override name = "ReferenceMissingError";
 }
 
 function countTargets(batch: TokenBatch): number {

@@ -1,4 +1,6 @@
+import type { ObjectStore } from "../../storage/object-store.ts";
 import type { BatchData } from "../data/batching.ts";
+import type { DataLoader } from "../data/loader.ts";
 import type { Adapter } from "../methods/method.ts";
 import type { StepOptions, StepResult } from "../train/step.ts";
 
@@ -17,6 +19,24 @@ export interface Objective {
   trainStep(adapter: Adapter, microBatches: readonly BatchData[], options: StepOptions): ObjectiveStepResult;
   /** The loss and metrics over the eval set; undefined when it holds nothing to evaluate. */
   evaluate(adapter: Adapter, batches: AsyncIterable<BatchData>): Promise<ObjectiveEvalResult | undefined>;
+  /**
+   * Called by the loop once the run has started or resumed, before the first evaluation and
+   * step: what the objective computes from the untrained model (DPO's precomputed reference
+   * log-probabilities with full fine-tuning) is computed and stored beside the checkpoints, or
+   * read back on resume.
+   */
+  prepare?(context: ObjectivePreparation): Promise<void>;
+}
+
+export interface ObjectivePreparation {
+  adapter: Adapter;
+  data: DataLoader;
+  batchSize: number;
+  /** The run's checkpoint location: files that must survive a resume go in its folder. */
+  checkpoints: { store: ObjectStore; folder: string; owner: string };
+  fingerprint: string;
+  /** True when the run continues from a checkpoint: the weights are trained ones. */
+  resumed: boolean;
 }
 
 export interface ObjectiveStepResult extends StepResult {

@@ -1,5 +1,5 @@
 import https from "node:https";
-import { mkdtemp, readFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -78,6 +78,37 @@ describe("ProgressReporter", () => {
     await reporter.flush();
     expect(received).toHaveLength(1);
     expect(logged[0]).toMatch(/refused for good \(HTTP 409: why\)/);
+  });
+
+  it("reads the projected token file for every report, so a token the kubelet rotates is used at once", async () => {
+    received.length = 0;
+    const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-token-"));
+    const tokenFile = path.join(dir, "token");
+    await writeFile(tokenFile, "first-token\n");
+    const reporter = ProgressReporter.fromEnv(
+      { KUBETUNE_PROGRESS_URL: url, KUBETUNE_PROGRESS_TOKEN_FILE: tokenFile, KUBETUNE_PROGRESS_CA: ca, KUBETUNE_JOB_NAMESPACE: "team", KUBETUNE_JOB_NAME: "job", KUBETUNE_ATTEMPT: "3" },
+      undefined,
+      0,
+    )!;
+    await reporter.send({ step: 1 });
+    await writeFile(tokenFile, "rotated-token");
+    await reporter.send({ step: 2 });
+    expect(received.map((entry) => [entry.auth, entry.url])).toEqual([
+      ["Bearer first-token", "/v1/progress/team/job/attempts/3"],
+      ["Bearer rotated-token", "/v1/progress/team/job/attempts/3"],
+    ]);
+  });
+
+  it("says which file is missing when the token file cannot be read, and sends nothing", async () => {
+    received.length = 0;
+    const logged: string[] = [];
+    const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-token-"));
+    const tokenFile = path.join(dir, "token");
+    const reporter = new ProgressReporter({ url, namespace: "team", name: "job", tokenFile, attempt: 1, ca, minIntervalMs: 0, log: (line) => logged.push(line) });
+    await reporter.send({ step: 1 });
+    expect(logged).toEqual([`progress report not delivered: cannot read the progress token file ${tokenFile} (KUBETUNE_PROGRESS_TOKEN_FILE): it does not exist; is the pod's progress-token volume mounted?`]);
+    expect(received).toEqual([]);
+    await rm(dir, { recursive: true });
   });
 
   it("never fails training when the operator is unreachable", async () => {

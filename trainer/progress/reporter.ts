@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import https from "node:https";
 import type { ProgressReport } from "../../operator/progress/report.ts";
 
@@ -6,8 +7,14 @@ export interface ReporterOptions {
   url: string;
   namespace: string;
   name: string;
-  token: string;
-  /** The attempt this trainer pod runs (KUBETUNE_ATTEMPT); its token is valid for it only. */
+  /**
+   * The file holding the bearer token (KUBETUNE_PROGRESS_TOKEN_FILE): the service account token
+   * the kubelet projects into the pod and rotates, so it is read again for every report.
+   */
+  tokenFile?: string;
+  /** A fixed bearer token instead (KUBETUNE_PROGRESS_TOKEN; tests). */
+  token?: string;
+  /** The attempt this trainer pod runs (KUBETUNE_ATTEMPT); its pod's token is valid for it only. */
   attempt: number;
   /** PEM of the CA that signed the endpoint's certificate. */
   ca?: string;
@@ -37,16 +44,16 @@ export class ProgressReporter {
 
   constructor(private readonly options: ReporterOptions) {}
 
-  /** Reads KUBETUNE_PROGRESS_URL/TOKEN/CA and the job's name from the pod's environment; undefined outside a cluster. */
+  /** Reads KUBETUNE_PROGRESS_URL, _TOKEN_FILE (or _TOKEN), _CA and the job's name from the pod's environment; undefined outside a cluster. */
   static fromEnv(env: NodeJS.ProcessEnv = process.env, log?: (message: string) => void, minIntervalMs?: number): ProgressReporter | undefined {
-    const { KUBETUNE_PROGRESS_URL: url, KUBETUNE_PROGRESS_TOKEN: token, KUBETUNE_JOB_NAMESPACE: namespace, KUBETUNE_JOB_NAME: name } = env;
-    if (!url || !token || !namespace || !name) return undefined;
+    const { KUBETUNE_PROGRESS_URL: url, KUBETUNE_PROGRESS_TOKEN_FILE: tokenFile, KUBETUNE_PROGRESS_TOKEN: token, KUBETUNE_JOB_NAMESPACE: namespace, KUBETUNE_JOB_NAME: name } = env;
+    if (!url || !(tokenFile || token) || !namespace || !name) return undefined;
     const attempt = Number(env.KUBETUNE_ATTEMPT ?? "1");
     if (!Number.isInteger(attempt) || attempt < 1) {
       log?.(`KUBETUNE_ATTEMPT is ${JSON.stringify(env.KUBETUNE_ATTEMPT)}, not a positive integer: progress is not reported`);
       return undefined;
     }
-    return new ProgressReporter({ url, token, namespace, name, attempt, ca: env.KUBETUNE_PROGRESS_CA, log, minIntervalMs });
+    return new ProgressReporter({ url, ...(tokenFile ? { tokenFile } : { token }), namespace, name, attempt, ca: env.KUBETUNE_PROGRESS_CA, log, minIntervalMs });
   }
 
   report(report: ProgressReport): void {
@@ -115,9 +122,29 @@ export class ProgressReporter {
     return (await this.postWithMessage(report)).status;
   }
 
-  private postWithMessage(report: ProgressReport): Promise<{ status: number; message: string }> {
+  /** The bearer token, read from its file now: the kubelet replaces the file well before the token expires. */
+  private async bearerToken(): Promise<string> {
+    const { tokenFile, token } = this.options;
+    if (!tokenFile) {
+      if (token === undefined) throw new Error("no progress token: set KUBETUNE_PROGRESS_TOKEN_FILE");
+      return token;
+    }
+    let text: string;
+    try {
+      text = await readFile(tokenFile, "utf8");
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new Error(`cannot read the progress token file ${tokenFile} (KUBETUNE_PROGRESS_TOKEN_FILE): ${code === "ENOENT" ? "it does not exist; is the pod's progress-token volume mounted?" : (error as Error).message}`);
+    }
+    const trimmed = text.trim();
+    if (!trimmed) throw new Error(`the progress token file ${tokenFile} (KUBETUNE_PROGRESS_TOKEN_FILE) is empty`);
+    return trimmed;
+  }
+
+  private async postWithMessage(report: ProgressReport): Promise<{ status: number; message: string }> {
     const url = new URL(`/v1/progress/${this.options.namespace}/${this.options.name}/attempts/${this.options.attempt}`, this.options.url);
     const body = JSON.stringify(report);
+    const token = await this.bearerToken();
     return new Promise((resolve, reject) => {
       const request = https.request(
         url,
@@ -125,7 +152,7 @@ export class ProgressReporter {
           method: "POST",
           ca: this.options.ca,
           timeout: 10_000,
-          headers: { authorization: `Bearer ${this.options.token}`, "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json", "content-length": Buffer.byteLength(body) },
         },
         (response) => {
           let text = "";

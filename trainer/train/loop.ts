@@ -70,6 +70,12 @@ export interface TrainingRun {
   backend: string;
   /** What training minimises when it is not the next-token loss (sft): DPO, say. */
   objective?: Objective;
+  /**
+   * For a run that is one part of a longer schedule (RLAIF's rounds): the steps taken before it
+   * and the whole schedule's length. Its step s then gets the learning rate of step offset + s
+   * of that schedule, warmupRatio counting over totalSteps. Unset: the schedule is this run's.
+   */
+  schedule?: { offset: number; totalSteps: number };
   onProgress?: ProgressListener;
   /** When aborted, the loop finishes the current step, saves a checkpoint and returns "stopped". */
   signal?: AbortSignal;
@@ -135,11 +141,15 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
   const optimizer = new AdamW(parameters, { weightDecay: config.weightDecay, beta1: config.adamBeta1, beta2: config.adamBeta2, epsilon: config.adamEpsilon });
   try {
     const { state, resumedFrom } = await startOrResume(run, optimizer);
+    // Before the first evaluation and step: what the objective needs from the model as it was at step 0.
+    await run.objective?.prepare?.({ adapter, data, batchSize: config.batchSize, checkpoints, fingerprint: run.fingerprint, resumed: resumedFrom !== undefined });
+    const scheduleSteps = run.schedule?.totalSteps ?? state.totalSteps;
+    const scheduleOffset = run.schedule?.offset ?? 0;
     const schedule = {
       type: config.scheduler,
       learningRate: config.learningRate,
-      warmupSteps: config.warmupSteps ?? Math.ceil((config.warmupRatio ?? 0) * state.totalSteps),
-      totalSteps: state.totalSteps,
+      warmupSteps: config.warmupSteps ?? Math.ceil((config.warmupRatio ?? 0) * scheduleSteps),
+      totalSteps: scheduleSteps,
     };
     run.onProgress?.({
       event: "start",
@@ -194,7 +204,7 @@ export async function train(run: TrainingRun): Promise<TrainingOutcome> {
         const micro = await upcoming;
         if (!micro) break;
         upcoming = state.step + 1 < state.totalSteps ? prefetch() : Promise.resolve(undefined);
-        const learningRate = learningRateAt(state.step, schedule);
+        const learningRate = learningRateAt(scheduleOffset + state.step, schedule);
         const started = now();
         const stepOptions = { optimizer, learningRate, maxGradNorm: config.maxGradNorm, gradientCheckpointing: config.gradientCheckpointing ?? false };
         const result: ObjectiveStepResult = run.objective ? run.objective.trainStep(adapter, micro, stepOptions) : trainStep(adapter, micro.map(lmTokens), stepOptions);

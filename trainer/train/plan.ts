@@ -182,6 +182,7 @@ function methodOptionsOf(method: { type: string } & Record<string, unknown>): un
 export interface RlaifPlan {
   rounds: number;
   samplesPerPrompt: number;
+  minResponseTokens: number;
   temperature: number;
   topP: number;
   maxNewTokens: number;

@@ -1,31 +1,29 @@
-import * as tf from "@tensorflow/tfjs-core";
 import { IGNORE_INDEX } from "../data/encode.ts";
+import { generate } from "../generate/generate.ts";
 import type { Adapter } from "../methods/method.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 
 /**
  * Greedy decoding, for the before/after sample a run prints: the most likely next token,
- * appended, until EOS or maxNewTokens. Without a key/value cache each token re-runs the whole
- * sequence, which is fine for the few dozen tokens of a sample.
+ * appended, until EOS, maxNewTokens, or maxLength tokens in all (prompt included, virtual tokens
+ * not). It runs on trainer/generate's key/value cache, so each token costs one position's pass.
  */
 export function greedyDecode(
   adapter: Adapter,
   promptIds: readonly number[],
   options: { maxNewTokens: number; eosId?: number; maxLength: number; disableAdapters?: boolean },
 ): number[] {
-  const ids = [...promptIds];
-  const generated: number[] = [];
-  while (generated.length < options.maxNewTokens && ids.length < options.maxLength) {
-    const next = tf.tidy(() => {
-      const logits = adapter.forward({ inputIds: tf.tensor2d(ids, [1, ids.length], "int32"), disableAdapters: options.disableAdapters ?? false });
-      const last = tf.slice(logits, [0, ids.length - 1, 0], [1, 1, -1]);
-      return tf.argMax(tf.reshape(last, [-1])).dataSync()[0]!;
-    });
-    if (next === options.eosId) break;
-    ids.push(next);
-    generated.push(next);
-  }
-  return generated;
+  if (promptIds.length === 0 || options.maxNewTokens < 1) return [];
+  const [row] = generate(adapter, promptIds, {
+    samples: 1,
+    maxNewTokens: options.maxNewTokens,
+    temperature: 0,
+    topP: 1,
+    maxLength: options.maxLength,
+    disableAdapters: options.disableAdapters ?? false,
+    ...(options.eosId === undefined ? {} : { eosId: options.eosId }),
+  });
+  return row!;
 }
 
 /** The prompt of a training row: its tokens before the first one with a loss. */

@@ -12,3 +12,10 @@ app.kubernetes.io/name: kubetune
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
+{{- /* The operator's --queues value from queues.*.enabled (empty when both are off). */ -}}
+{{- define "kubetune.queueModes" -}}
+{{- $modes := list -}}
+{{- if .Values.queues.builtIn.enabled }}{{ $modes = append $modes "builtin" }}{{ end -}}
+{{- if .Values.queues.kueue.enabled }}{{ $modes = append $modes "kueue" }}{{ end -}}
+{{ join "," $modes }}
+{{- end -}}

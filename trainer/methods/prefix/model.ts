@@ -1,5 +1,5 @@
 import * as tf from "@tensorflow/tfjs-core";
-import type { CausalLM, ModelInputs } from "../../model/model.ts";
+import type { CausalLM, KeyValuePrefix, ModelInputs } from "../../model/model.ts";
 import type { TensorMap } from "../../safetensors/safetensors.ts";
 import type { Adapter, InjectContext, PeftMethod } from "../method.ts";
 import { EmbeddingTable, loadVariables, normalValues, promptEmbeddingsTensor, saveVariables, type VirtualTokenTable } from "../prompt/virtual-tokens.ts";
@@ -49,6 +49,18 @@ export class PrefixAdapter implements Adapter {
     if (inputs.disableAdapters) return this.model.forward(inputs);
     if (inputs.pastKeyValuesPrefix) throw new Error(`${this.type}: the inputs already carry a prefix; inject one method at a time`);
     return tf.tidy(() => this.model.forward({ ...inputs, pastKeyValuesPrefix: keyValuePrefix(this.table.compute(), this.geometry) }));
+  }
+
+  /** The prefix's keys and values, then the input's (read after the prefix, as forward reads it). */
+  keyValues(inputs: ModelInputs): KeyValuePrefix[] {
+    if (inputs.disableAdapters) return this.model.keyValues(inputs);
+    if (inputs.pastKeyValuesPrefix) throw new Error(`${this.type}: the inputs already carry a prefix; inject one method at a time`);
+    const prefix = tf.tidy(() => keyValuePrefix(this.table.compute(), this.geometry).map(({ key, value }) => [key, value])).map(([key, value]) => ({ key: key!, value: value! }));
+    try {
+      return this.model.keyValues({ ...inputs, pastKeyValuesPrefix: prefix });
+    } finally {
+      for (const { key, value } of prefix) tf.dispose([key, value]);
+    }
   }
 
   trainableVariables(): Map<string, tf.Variable> {

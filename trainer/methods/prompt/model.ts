@@ -1,9 +1,9 @@
 import * as tf from "@tensorflow/tfjs-core";
-import type { CausalLM, ModelInputs } from "../../model/model.ts";
+import type { CausalLM, KeyValuePrefix, ModelInputs } from "../../model/model.ts";
 import type { TensorMap } from "../../safetensors/safetensors.ts";
 import { MethodOptionsError, type Adapter, type InjectContext, type PeftMethod } from "../method.ts";
 import { initTokenIds, resolvePromptConfig, type PromptConfig } from "./config.ts";
-import { forwardWithVirtualTokens } from "./layer.ts";
+import { forwardWithVirtualTokens, inputsWithVirtualTokens } from "./layer.ts";
 import { EmbeddingTable, loadVariables, normalValues, promptEmbeddingsTensor, saveVariables, type VirtualTokenTable } from "./virtual-tokens.ts";
 
 /** The checkpoint name of the prompt, PEFT's parameter name while training. */
@@ -63,6 +63,17 @@ export class PromptAdapter implements Adapter {
   forward(inputs: ModelInputs): tf.Tensor3D {
     if (inputs.disableAdapters) return this.model.forward(inputs);
     return tf.tidy(() => forwardWithVirtualTokens(this.model, inputs, this.table.compute()));
+  }
+
+  /** The virtual tokens' keys and values, then the input's: positions count from the first virtual token, as in forward. */
+  keyValues(inputs: ModelInputs): KeyValuePrefix[] {
+    if (inputs.disableAdapters) return this.model.keyValues(inputs);
+    const withVirtual: ModelInputs = tf.tidy(() => inputsWithVirtualTokens(this.model, inputs, this.table.compute()) as ModelInputs & tf.TensorContainerObject);
+    try {
+      return this.model.keyValues(withVirtual);
+    } finally {
+      tf.dispose([withVirtual.inputsEmbeds!, ...(withVirtual.attentionMask ? [withVirtual.attentionMask] : [])]);
+    }
   }
 
   trainableVariables(): Map<string, tf.Variable> {
