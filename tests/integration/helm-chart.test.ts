@@ -434,6 +434,9 @@ describe("the operator with queues on (queues.builtIn and queues.kueue), as the 
     await applyObjects(admin, objects.filter((object) => ["CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"].includes(object.kind ?? "")), system, `helm-${release}`);
     const queueObjects = objects.filter((object) => object.metadata?.name === `${fullname}-queues` || object.metadata?.name === `${fullname}-kueue`);
     expect(queueObjects.map((object) => `${object.kind} ${object.metadata?.namespace ?? ""}`).sort()).toEqual(["ClusterRole ", "ClusterRoleBinding ", `Role ${jobs}`, `RoleBinding ${jobs}`]);
+    // For people: `kubectl get ftq` needs a cluster-wide read grant, which the namespaces' view roles cannot give.
+    const viewer = objects.find((object) => object.kind === "ClusterRole" && object.metadata?.name === `${fullname}-queue-viewer`) as unknown as { rules: unknown[] } | undefined;
+    expect(viewer?.rules).toEqual([{ apiGroups: ["kubetune.io"], resources: ["finetunequeues", "finetunequeues/status"], verbs: ["get", "list", "watch"] }]);
     queueGrants = grantsOf(queueObjects, { namespace: system, name: fullname });
     allGrants = grantsOf(objects, { namespace: system, name: fullname });
     const deployment = objects.find((object) => object.kind === "Deployment") as unknown as { spec: { template: { spec: { containers: { args: string[] }[] } } } };

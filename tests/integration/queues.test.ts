@@ -50,6 +50,77 @@ async function setJobPhase(namespace: string, name: string, phase: string): Prom
 
 const admittedOf = (job: FineTuneJob) => job.status?.conditions?.find((condition) => condition.type === "Admitted");
 
+/** The tiny model and dataset the real trainer (`kubetune train`) fine-tunes, put in MinIO under a store of the test's own. */
+async function tinyTraining(prefix: string): Promise<{ tiny: TinyJob; store: S3ObjectStore }> {
+  const tiny = await writeTinyJob();
+  const store = s3Store(prefix);
+  for (const folder of ["model", "data"]) {
+    for (const file of await readdir(path.join(tiny.dir, folder))) await store.put(`${folder}/${file}`, await readFile(path.join(tiny.dir, folder, file)));
+  }
+  return { tiny, store };
+}
+
+/**
+ * A job for the real trainer, as the full loop's (full-loop.test.ts): 40 deterministic steps
+ * with dropout, accumulation and evaluation, a checkpoint every 10. Same spec, same adapter,
+ * whatever the job's name, queue or interruptions.
+ */
+function trainingJob(training: { tiny: TinyJob; store: S3ObjectStore }, namespace: string, name: string, spec: Record<string, unknown> = {}): FineTuneJob {
+  const { tiny, store } = training;
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name, namespace },
+    spec: {
+      ...tiny.manifest.spec,
+      baseModel: { uri: `${store.uri}/model` },
+      dataset: { train: `${store.uri}/data/train.jsonl`, format: "text", maxSeqLength: 32, evalFraction: 0.2 },
+      method: { type: "lora", lora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj"] } },
+      hyperparameters: { maxSteps: 40, batchSize: 2, gradientAccumulation: 2, learningRate: 0.01, warmupSteps: 3, evalEverySteps: 10, seed: 3 },
+      checkpoint: { everySteps: 10, keep: 2 },
+      output: { uri: `${store.uri}/outputs/${name}` },
+      storage: { secretRef: { name: "s3-creds" } },
+      trainer: { ...tiny.manifest.spec.trainer, image: KUBETUNE_IMAGE },
+      resources: { gpus: 1 },
+      ...spec,
+    },
+  } as FineTuneJob;
+}
+
+/** The trainer's JSON event lines (`kubetune train` logs one per event) from a pod's log. */
+function jsonEvents(harness: OperatorHarness, namespace: string, pod: string): TrainerEvent[] {
+  return harness.runner
+    .logs(namespace, pod)
+    .split("\n")
+    .filter((line) => line.startsWith("{"))
+    .map((line) => JSON.parse(line) as TrainerEvent);
+}
+
+/**
+ * Waits for a training pod's first checkpoint, then freezes its trainer (SIGSTOP): the tiny run
+ * has about 2 s of training left after it, less than a preemption may take on a busy machine,
+ * so a frozen trainer makes the preemption always land mid-run. Returns the trainer's pid.
+ */
+async function freezeAfterFirstCheckpoint(harness: OperatorHarness, namespace: string, pod: string): Promise<number> {
+  return eventually(
+    `${pod}'s first checkpoint`,
+    async () => {
+      if (!harness.runner.logs(namespace, pod).includes('"event":"checkpoint"')) return undefined;
+      const trainer = harness.runner.processes().get(`${namespace}/${pod}`);
+      if (!trainer) throw new Error(`${pod}'s trainer finished before it could be preempted`);
+      process.kill(-trainer, "SIGSTOP");
+      return trainer;
+    },
+    120_000,
+  );
+}
+
+/** Lets a frozen trainer run again once the pod runner's SIGTERM waits on it: it finishes its step and checkpoints. */
+async function resumeOnSigterm(pid: number): Promise<void> {
+  await eventually("SIGTERM to the preempted trainer", async () => (signalPending(pid, "SIGTERM") ? true : undefined), 60_000);
+  process.kill(-pid, "SIGCONT");
+}
+
 describe("the FineTuneQueue controller against the API server, playing the job controller's side by hand", () => {
   let namespace: string;
   let controller: QueueController;
@@ -60,7 +131,6 @@ describe("the FineTuneQueue controller against the API server, playing the job c
   beforeAll(async () => {
     applyCrds();
     namespace = await createNamespace("queue-ctl");
-    await client.create(queuePath(), queueManifest(queue, { gpus: 2, preemption: "LowerPriority" }));
     jobs = new Informer<FineTuneJob>(client, { path: resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace }) });
     controller = new QueueController({ client, jobs: [jobs], metrics: new QueueMetrics(registry), events: new EventRecorder(client, "kubetune-test"), log: () => {} });
     await jobs.start();
@@ -85,6 +155,13 @@ describe("the FineTuneQueue controller against the API server, playing the job c
     await created("low-2", {});
     await created("high-1", { priority: 10 });
     await created("low-3", {});
+    // The queue comes last: had it been there, the controller could admit low-1 and low-2 before high-1 arrived, as it
+    // should. The four wait (the queue is missing, which their status says) until it exists, then go in order.
+    await eventually("four jobs waiting for the missing queue", async () => {
+      const waiting = (await client.list<FineTuneJob>(jobsPath(namespace))).items.filter((job) => admittedOf(job)?.message?.startsWith(`no FineTuneQueue named ${queue} exists`));
+      return waiting.length === 4 ? true : undefined;
+    });
+    await client.create(queuePath(), queueManifest(queue, { gpus: 2, preemption: "LowerPriority" }));
     const admitted = await eventually("two admissions", async () => {
       const names = await admittedJobs();
       return names.length === 2 ? names : undefined;
@@ -299,6 +376,7 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
   describe("with the operator: Kueue admits, the trainer runs on the flavor's nodes, survives an eviction and resumes", () => {
     let opNamespace: string;
     let harness: OperatorHarness;
+    let training: { tiny: TinyJob; store: S3ObjectStore } | undefined;
     const opClusterQueue = `ftq-cq-op-${suffix}`;
 
     beforeAll(async () => {
@@ -320,10 +398,12 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
       }, 60_000);
       // The flavor's node label is on the runner's node: a trainer pod without the flavor's nodeSelector would run too, one with it only here.
       harness = await startOperatorHarness([opNamespace], {}, { queues: { builtIn: true, kueue: true } }, { gpus: 1, labels: { "kubetune.io/accelerator": "test-gpu" } });
+      training = await tinyTraining("queue-kueue-op");
     });
 
     afterAll(async () => {
       await harness?.stop();
+      if (training) await rm(training.tiny.dir, { recursive: true, force: true });
       for (const job of opNamespace ? (await client.list<FineTuneJob>(jobsPath(opNamespace))).items : []) {
         await client.patch(jobsPath(opNamespace, job.metadata.name), { metadata: { finalizers: null } }).catch(() => undefined);
         await client.delete(jobsPath(opNamespace, job.metadata.name)).catch(() => undefined);
@@ -343,36 +423,45 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
       return manifest;
     };
 
-    it("runs a job once Kueue admits it; a higher-priority job evicts it, and it resumes after and succeeds", async () => {
-      await client.create(jobsPath(opNamespace), opJob("slow-kueue-low", lowClass!));
-      await eventually("slow-kueue-low to train", async () => {
-        const current = await getOpJob("slow-kueue-low");
-        return current.status?.phase === "Running" && (current.status.progress?.step ?? 0) > 0 ? true : undefined;
-      }, 60_000);
-      const pod = await client.get<{ spec: { nodeSelector?: Record<string, string>; tolerations?: { key?: string }[] } }>(resourcePath({ group: "", version: "v1", plural: "pods", namespace: opNamespace, name: "slow-kueue-low-train-1" }));
+    it("runs a job once Kueue admits it; a higher-priority job evicts it, and it resumes from its checkpoint to the adapter of an uninterrupted run", async () => {
+      const lowJob = trainingJob(training!, opNamespace, "low-kueue", { queueName: localQueue, resources: { gpus: 1, cpu: "1", memory: "1Gi" } });
+      lowJob.metadata.labels = { [LABEL_PRIORITY_CLASS]: lowClass! };
+      await client.create(jobsPath(opNamespace), lowJob);
+      await eventually("Kueue to admit low-kueue", async () => ((await getOpJob("low-kueue")).status?.phase === "Running" ? true : undefined), 60_000);
+      const pod = await client.get<{ spec: { nodeSelector?: Record<string, string>; tolerations?: { key?: string }[] } }>(resourcePath({ group: "", version: "v1", plural: "pods", namespace: opNamespace, name: "low-kueue-train-1" }));
       expect(pod.spec.nodeSelector).toMatchObject({ "kubetune.io/accelerator": "test-gpu" });
       expect(pod.spec.tolerations).toEqual(expect.arrayContaining([expect.objectContaining({ key: GPU, operator: "Exists", effect: "NoSchedule" })]));
+      // The same spec outside any queue, on no GPU (the node's one is Kueue's): the adapter to match.
+      await client.create(jobsPath(opNamespace), trainingJob(training!, opNamespace, "uninterrupted-kueue", { resources: { gpus: 0 } }));
+      const pid = await freezeAfterFirstCheckpoint(harness, opNamespace, "low-kueue-train-1");
 
       await client.create(jobsPath(opNamespace), opJob("ok-kueue-high", highClass!));
       // Kueue evicts the low job; the operator stops its trainer (SIGTERM: a checkpoint) and only then gives the quota back.
+      await resumeOnSigterm(pid);
       const high = await eventually("ok-kueue-high to succeed", async () => {
         const current = await getOpJob("ok-kueue-high");
         return current.status?.phase === "Succeeded" ? current : undefined;
       }, 120_000);
       expect(high.status).toMatchObject({ attempts: 1, failedAttempts: 0 });
-      const low = await eventually("slow-kueue-low to finish after all", async () => {
-        const current = await getOpJob("slow-kueue-low");
-        return current.status?.phase === "Succeeded" || current.status?.phase === "Failed" ? current : undefined;
-      }, 120_000);
-      expect(low.status).toMatchObject({ phase: "Succeeded", attempts: 2, failedAttempts: 0 });
-      expect((await eventsOf(opNamespace, "slow-kueue-low")).find((event) => event.reason === "Preempted")?.message).toContain("Kueue evicted Workload");
+      const low = await waitForPhase(opNamespace, "low-kueue", ["Succeeded", "Failed"], 150_000);
+      expect(low.status).toMatchObject({ phase: "Succeeded", attempts: 2, failedAttempts: 0, progress: { step: 40, totalSteps: 40 } });
+      expect((await eventsOf(opNamespace, "low-kueue")).find((event) => event.reason === "Preempted")?.message).toContain("Kueue evicted Workload");
+      // Attempt 1 saved a checkpoint on SIGTERM mid-run; attempt 2 started from it and ended on the uninterrupted run's adapter, byte for byte.
+      const stopped = jsonEvents(harness, opNamespace, "low-kueue-train-1").find((event) => event.event === "stopped");
+      expect(stopped).toMatchObject({ signal: "SIGTERM", checkpoint: expect.stringContaining("/outputs/low-kueue/checkpoints/step-") });
+      expect(stopped!.step).toBeGreaterThanOrEqual(10);
+      expect(stopped!.step).toBeLessThan(40);
+      expect(jsonEvents(harness, opNamespace, "low-kueue-train-2").find((event) => event.event === "start")).toMatchObject({ step: stopped!.step, resumedFrom: stopped!.checkpoint });
+      expect(await waitForPhase(opNamespace, "uninterrupted-kueue", ["Succeeded", "Failed"], 150_000)).toMatchObject({ status: { phase: "Succeeded", attempts: 1 } });
+      const adapter = (name: string) => training!.store.get(`outputs/${name}/adapter_model.safetensors`);
+      expect((await adapter("low-kueue")).equals(await adapter("uninterrupted-kueue"))).toBe(true);
       // Both Workloads finished, their quota released.
       const workloads = (await client.list<Workload>(kueuePath("workloads", undefined, opNamespace))).items;
       await eventually("both Workloads finished and released", async () => {
         const current = (await client.list<Workload>(kueuePath("workloads", undefined, opNamespace))).items;
         return current.length === 2 && current.every((workload) => workload.status?.conditions?.some((condition) => condition.type === "Finished" && condition.status === "True") && !workload.metadata?.finalizers?.length) ? true : undefined;
       }, 60_000);
-      expect(workloads.map((workload) => workload.metadata?.ownerReferences?.[0]?.name).sort()).toEqual(["ok-kueue-high", "slow-kueue-low"]);
+      expect(workloads.map((workload) => workload.metadata?.ownerReferences?.[0]?.name).sort()).toEqual(["low-kueue", "ok-kueue-high"]);
     });
   });
 });
@@ -389,12 +478,7 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
     applyCrds();
     namespace = await createNamespace("queue-op");
     harness = await startOperatorHarness([namespace], {}, { queues: { builtIn: true } }, { gpus: 2 });
-    // The tiny model and dataset the real trainer (`kubetune train`) fine-tunes, in MinIO.
-    tiny = await writeTinyJob();
-    store = s3Store("queue-op");
-    for (const folder of ["model", "data"]) {
-      for (const file of await readdir(path.join(tiny.dir, folder))) await store.put(`${folder}/${file}`, await readFile(path.join(tiny.dir, folder, file)));
-    }
+    ({ tiny, store } = await tinyTraining("queue-op"));
   });
 
   afterAll(async () => {
@@ -405,30 +489,7 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
 
   const getJob = (name: string) => client.get<FineTuneJob>(jobsPath(namespace, name));
   const job = (name: string, queue: string, spec: Record<string, unknown> = {}) => scriptedJobManifest(name, namespace, { queueName: queue, resources: { gpus: 1 }, ...spec });
-  /**
-   * A 1-GPU job for the real trainer, as the full loop's (full-loop.test.ts): 40 deterministic
-   * steps with dropout, accumulation and evaluation, a checkpoint every 10. Same spec, same
-   * adapter, whatever the job's name, queue or interruptions.
-   */
-  const trainingJob = (name: string, queue?: string): FineTuneJob =>
-    ({
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: { name, namespace },
-      spec: {
-        ...tiny.manifest.spec,
-        baseModel: { uri: `${store.uri}/model` },
-        dataset: { train: `${store.uri}/data/train.jsonl`, format: "text", maxSeqLength: 32, evalFraction: 0.2 },
-        method: { type: "lora", lora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj"] } },
-        hyperparameters: { maxSteps: 40, batchSize: 2, gradientAccumulation: 2, learningRate: 0.01, warmupSteps: 3, evalEverySteps: 10, seed: 3 },
-        checkpoint: { everySteps: 10, keep: 2 },
-        output: { uri: `${store.uri}/outputs/${name}` },
-        storage: { secretRef: { name: "s3-creds" } },
-        trainer: { ...tiny.manifest.spec.trainer, image: KUBETUNE_IMAGE },
-        resources: { gpus: 1 },
-        ...(queue ? { queueName: queue } : {}),
-      },
-    }) as FineTuneJob;
+  const realJob = (name: string, queue?: string) => trainingJob({ tiny, store }, namespace, name, queue ? { queueName: queue } : {});
   const adapter = (name: string) => store.get(`outputs/${name}/adapter_model.safetensors`);
 
   it("runs five 1-GPU jobs two at a time, in priority and then arrival order", async () => {
@@ -487,28 +548,15 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
   it("preempts a training low-priority job for a high one; the low one checkpoints, queues again without a failure, and resumes to the adapter of an uninterrupted run", async () => {
     await client.create(queuePath(), queueManifest(oneGpu, { gpus: 1 }));
     // The same spec, uninterrupted and outside the queue (the node has a second GPU), runs alongside: the adapter to match.
-    await client.create(jobsPath(namespace), trainingJob("uninterrupted"));
-    await client.create(jobsPath(namespace), trainingJob("low", oneGpu));
-    // The tiny run has about 2 s of training left after its first checkpoint, less than a preemption may take on a busy
-    // machine: the trainer is frozen (SIGSTOP) once that checkpoint is out, so the preemption always lands mid-run.
-    const pid = await eventually(
-      "low's first checkpoint",
-      async () => {
-        if (!harness.runner.logs(namespace, "low-train-1").includes('"event":"checkpoint"')) return undefined;
-        const trainer = harness.runner.processes().get(`${namespace}/low-train-1`);
-        if (!trainer) throw new Error("low's trainer finished before it could be preempted");
-        process.kill(-trainer, "SIGSTOP");
-        return trainer;
-      },
-      120_000,
-    );
+    await client.create(jobsPath(namespace), realJob("uninterrupted"));
+    await client.create(jobsPath(namespace), realJob("low", oneGpu));
+    const pid = await freezeAfterFirstCheckpoint(harness, namespace, "low-train-1");
     const saved = await listKeys("outputs/low/checkpoints/");
     expect(saved.filter((key) => key.endsWith("/manifest.json")).length).toBeGreaterThan(0);
     await client.create(jobsPath(namespace), job("ok-urgent", oneGpu, { priority: 100 }));
     // The queue takes low's admission back, the job controller deletes its pod, the pod runner sends SIGTERM: it waits,
     // pending, until the trainer runs again, finishes its step and checkpoints.
-    await eventually("SIGTERM to the preempted trainer", async () => (signalPending(pid, "SIGTERM") ? true : undefined), 60_000);
-    process.kill(-pid, "SIGCONT");
+    await resumeOnSigterm(pid);
 
     const requeued = await eventually("low back in the queue", async () => {
       const current = await getJob("low");
@@ -520,7 +568,7 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
     expect((await eventsOf(namespace, "low")).find((event) => event.reason === "Preempted")?.message).toContain(`preempted by ${namespace}/ok-urgent (priority 100, above this job's 0)`);
     expect(requeued.status?.failedAttempts ?? 0).toBe(0);
     // The preempted attempt, past its first checkpoint and short of the end, saved one more on SIGTERM.
-    const stopped = jsonEvents("low-train-1").find((event) => event.event === "stopped");
+    const stopped = jsonEvents(harness, namespace, "low-train-1").find((event) => event.event === "stopped");
     expect(stopped).toMatchObject({ signal: "SIGTERM", checkpoint: expect.stringContaining("/outputs/low/checkpoints/step-") });
     expect(stopped!.step).toBeGreaterThanOrEqual(10);
     expect(stopped!.step).toBeLessThan(40);
@@ -534,7 +582,7 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
     expect((await eventsOf(namespace, "low")).map((event) => event.reason)).toEqual(expect.arrayContaining(["Admitted", "Preempted", "Completed"]));
     expect((await client.get<FineTuneQueue>(queuePath(oneGpu))).status?.preempted).toBe(1);
     // Attempt 2 resumed from the checkpoint saved on SIGTERM, and ended with the same adapter, byte for byte.
-    expect(jsonEvents("low-train-2").find((event) => event.event === "start")).toMatchObject({ step: stopped!.step, resumedFrom: stopped!.checkpoint });
+    expect(jsonEvents(harness, namespace, "low-train-2").find((event) => event.event === "start")).toMatchObject({ step: stopped!.step, resumedFrom: stopped!.checkpoint });
     expect(await waitForPhase(namespace, "uninterrupted", ["Succeeded", "Failed"], 150_000)).toMatchObject({ status: { phase: "Succeeded", attempts: 1 } });
     expect((await adapter("low")).equals(await adapter("uninterrupted"))).toBe(true);
   });
@@ -544,15 +592,6 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
     const keys: string[] = [];
     for await (const object of store.list(prefix)) keys.push(object.key);
     return keys;
-  }
-
-  /** The trainer's JSON event lines (`kubetune train` logs one per event) from a pod's log. */
-  function jsonEvents(pod: string): TrainerEvent[] {
-    return harness.runner
-      .logs(namespace, pod)
-      .split("\n")
-      .filter((line) => line.startsWith("{"))
-      .map((line) => JSON.parse(line) as TrainerEvent);
   }
 });
 
