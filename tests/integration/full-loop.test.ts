@@ -1,14 +1,12 @@
 import type { V1Pod } from "@kubernetes/client-node";
-import { readdir, readFile, rm } from "node:fs/promises";
-import path from "node:path";
+import { rm } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { API_VERSION, KIND, type FineTuneJob } from "../../api/index.ts";
 import { resourcePath } from "../../kube/client.ts";
 import type { S3ObjectStore } from "../../storage/s3-store.ts";
 import { readSafetensors } from "../../trainer/safetensors/safetensors.ts";
-import { writeTinyJob, type TinyJob } from "../../trainer/testing/tiny-job.ts";
-import { createNamespace, eventually, kubeClient, s3Store } from "./harness.ts";
-import { eventsOf, getJob, jobsPath, KUBETUNE_IMAGE, startOperatorHarness, waitForPhase, type OperatorHarness } from "./operator-harness.ts";
+import type { TinyJob } from "../../trainer/testing/tiny-job.ts";
+import { createNamespace, eventually, kubeClient } from "./harness.ts";
+import { eventsOf, getJob, jobsPath, KUBETUNE_IMAGE, startOperatorHarness, tinyTraining, trainingJob, waitForPhase, type OperatorHarness } from "./operator-harness.ts";
 
 /**
  * The whole loop with real parts only: a FineTuneJob applied to the real API server, the
@@ -26,11 +24,7 @@ describe("the full loop: apply, preflight, train, checkpoint, adapter in S3", ()
   beforeAll(async () => {
     namespace = await createNamespace("loop");
     harness = await startOperatorHarness([namespace], { defaultImage: KUBETUNE_IMAGE, preflight: true });
-    tiny = await writeTinyJob();
-    store = s3Store("loop");
-    for (const folder of ["model", "data"]) {
-      for (const file of await readdir(path.join(tiny.dir, folder))) await store.put(`${folder}/${file}`, await readFile(path.join(tiny.dir, folder, file)));
-    }
+    ({ tiny, store } = await tinyTraining("loop"));
   });
 
   afterAll(async () => {
@@ -38,23 +32,7 @@ describe("the full loop: apply, preflight, train, checkpoint, adapter in S3", ()
     if (tiny) await rm(tiny.dir, { recursive: true, force: true });
   });
 
-  function manifest(name: string): FineTuneJob {
-    return {
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: { name, namespace },
-      spec: {
-        ...tiny.manifest.spec,
-        baseModel: { uri: `${store.uri}/model` },
-        dataset: { train: `${store.uri}/data/train.jsonl`, format: "text", maxSeqLength: 32, evalFraction: 0.2 },
-        method: { type: "lora", lora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj"] } },
-        hyperparameters: { maxSteps: 40, batchSize: 2, gradientAccumulation: 2, learningRate: 0.01, warmupSteps: 3, evalEverySteps: 10, seed: 3 },
-        checkpoint: { everySteps: 10, keep: 2 },
-        output: { uri: `${store.uri}/outputs/${name}` },
-        storage: { secretRef: { name: "s3-creds" } },
-      },
-    } as FineTuneJob;
-  }
+  const manifest = (name: string) => trainingJob({ tiny, store }, namespace, name);
 
   const adapter = (name: string) => store.get(`outputs/${name}/adapter_model.safetensors`);
 

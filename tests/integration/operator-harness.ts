@@ -1,5 +1,5 @@
 import type { V1Pod } from "@kubernetes/client-node";
-import { chmod, mkdtemp, readFile } from "node:fs/promises";
+import { chmod, mkdtemp, readdir, readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "vitest";
@@ -11,7 +11,9 @@ import { freePort } from "../../localcluster/process.ts";
 import type { DecideSettings } from "../../operator/finetunejob/decide.ts";
 import { PROGRESS_AUDIENCE } from "../../operator/finetunejob/pods.ts";
 import { startOperator, type RunningOperator } from "../../operator/operator.ts";
-import { cluster, eventually, kubeClient, kubectl } from "./harness.ts";
+import type { S3ObjectStore } from "../../storage/s3-store.ts";
+import { writeTinyJob, type TinyJob } from "../../trainer/testing/tiny-job.ts";
+import { cluster, eventually, kubeClient, kubectl, s3Store } from "./harness.ts";
 
 /** A stand-in trainer (tests/fixtures/scripted-trainer.ts) and the real kubetune CLI, as images the pod runner can run. */
 export const SCRIPTED_IMAGE = "kubetune.local/scripted-trainer:test";
@@ -163,6 +165,47 @@ export function scriptedJobManifest(name: string, namespace: string, spec: Recor
       method: { type: "lora" },
       output: { uri: `s3://${s3.bucket}/outputs/${name}` },
       storage: { secretRef: { name: "s3-creds" }, endpoint: s3.endpoint, forcePathStyle: true },
+      ...spec,
+    },
+  } as FineTuneJob;
+}
+
+/** The tiny model and dataset that the real trainer (`kubetune train`) fine-tunes, in MinIO. */
+export interface TinyTraining {
+  tiny: TinyJob;
+  store: S3ObjectStore;
+}
+
+/** Writes the tiny job's model and dataset to a store of the test's own (remove tiny.dir after). */
+export async function tinyTraining(prefix: string): Promise<TinyTraining> {
+  const tiny = await writeTinyJob();
+  const store = s3Store(prefix);
+  for (const folder of ["model", "data"]) {
+    for (const file of await readdir(path.join(tiny.dir, folder))) await store.put(`${folder}/${file}`, await readFile(path.join(tiny.dir, folder, file)));
+  }
+  return { tiny, store };
+}
+
+/**
+ * A job for the real trainer on the tiny model: 40 deterministic steps with dropout,
+ * accumulation and evaluation, a checkpoint every 10. Same spec, same adapter, whatever the
+ * job's name, queue or interruptions; `spec` adds to it.
+ */
+export function trainingJob(training: TinyTraining, namespace: string, name: string, spec: Record<string, unknown> = {}): FineTuneJob {
+  const { tiny, store } = training;
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name, namespace },
+    spec: {
+      ...tiny.manifest.spec,
+      baseModel: { uri: `${store.uri}/model` },
+      dataset: { train: `${store.uri}/data/train.jsonl`, format: "text", maxSeqLength: 32, evalFraction: 0.2 },
+      method: { type: "lora", lora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj"] } },
+      hyperparameters: { maxSteps: 40, batchSize: 2, gradientAccumulation: 2, learningRate: 0.01, warmupSteps: 3, evalEverySteps: 10, seed: 3 },
+      checkpoint: { everySteps: 10, keep: 2 },
+      output: { uri: `${store.uri}/outputs/${name}` },
+      storage: { secretRef: { name: "s3-creds" } },
       ...spec,
     },
   } as FineTuneJob;

@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { readdir, readFile, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { API_VERSION, CRD_FILE, GROUP, KIND, PLURAL, QUEUE_CRD_FILE, QUEUE_PLURAL, VERSION, type FineTuneJob, type FineTuneQueue } from "../../api/index.ts";
+import { CRD_FILE, GROUP, PLURAL, QUEUE_CRD_FILE, QUEUE_PLURAL, VERSION, type FineTuneJob, type FineTuneQueue } from "../../api/index.ts";
 import { isConflict, isNotFound, resourcePath } from "../../kube/client.ts";
 import { Informer } from "../../kube/informer.ts";
 import { startLocalKueue, type KueueManager } from "../../localcluster/kueue.ts";
@@ -14,9 +14,9 @@ import { KUEUE_GROUP, KUEUE_VERSION, KueueController, LABEL_PRIORITY_CLASS, work
 import { QueueMetrics } from "../../operator/queue/metrics.ts";
 import { EventRecorder } from "../../operator/runtime/events.ts";
 import type { S3ObjectStore } from "../../storage/s3-store.ts";
-import { writeTinyJob, type TinyJob } from "../../trainer/testing/tiny-job.ts";
-import { cluster, createNamespace, eventually, kubeClient, kubectl, s3Store } from "./harness.ts";
-import { eventsOf, jobsPath, KUBETUNE_IMAGE, scriptedJobManifest, startOperatorHarness, waitForPhase, type OperatorHarness } from "./operator-harness.ts";
+import type { TinyJob } from "../../trainer/testing/tiny-job.ts";
+import { cluster, createNamespace, eventually, kubeClient, kubectl } from "./harness.ts";
+import { eventsOf, jobsPath, KUBETUNE_IMAGE, scriptedJobManifest, startOperatorHarness, tinyTraining, trainingJob, waitForPhase, type OperatorHarness, type TinyTraining } from "./operator-harness.ts";
 
 const client = kubeClient();
 const suffix = randomBytes(3).toString("hex");
@@ -50,41 +50,9 @@ async function setJobPhase(namespace: string, name: string, phase: string): Prom
 
 const admittedOf = (job: FineTuneJob) => job.status?.conditions?.find((condition) => condition.type === "Admitted");
 
-/** The tiny model and dataset the real trainer (`kubetune train`) fine-tunes, put in MinIO under a store of the test's own. */
-async function tinyTraining(prefix: string): Promise<{ tiny: TinyJob; store: S3ObjectStore }> {
-  const tiny = await writeTinyJob();
-  const store = s3Store(prefix);
-  for (const folder of ["model", "data"]) {
-    for (const file of await readdir(path.join(tiny.dir, folder))) await store.put(`${folder}/${file}`, await readFile(path.join(tiny.dir, folder, file)));
-  }
-  return { tiny, store };
-}
-
-/**
- * A job for the real trainer, as the full loop's (full-loop.test.ts): 40 deterministic steps
- * with dropout, accumulation and evaluation, a checkpoint every 10. Same spec, same adapter,
- * whatever the job's name, queue or interruptions.
- */
-function trainingJob(training: { tiny: TinyJob; store: S3ObjectStore }, namespace: string, name: string, spec: Record<string, unknown> = {}): FineTuneJob {
-  const { tiny, store } = training;
-  return {
-    apiVersion: API_VERSION,
-    kind: KIND,
-    metadata: { name, namespace },
-    spec: {
-      ...tiny.manifest.spec,
-      baseModel: { uri: `${store.uri}/model` },
-      dataset: { train: `${store.uri}/data/train.jsonl`, format: "text", maxSeqLength: 32, evalFraction: 0.2 },
-      method: { type: "lora", lora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj"] } },
-      hyperparameters: { maxSteps: 40, batchSize: 2, gradientAccumulation: 2, learningRate: 0.01, warmupSteps: 3, evalEverySteps: 10, seed: 3 },
-      checkpoint: { everySteps: 10, keep: 2 },
-      output: { uri: `${store.uri}/outputs/${name}` },
-      storage: { secretRef: { name: "s3-creds" } },
-      trainer: { ...tiny.manifest.spec.trainer, image: KUBETUNE_IMAGE },
-      resources: { gpus: 1 },
-      ...spec,
-    },
-  } as FineTuneJob;
+/** A real-trainer job (trainingJob) as the queue tests run it: 1 GPU, the trainer's image whatever the harness's default. */
+function queuedTrainingJob(training: TinyTraining, namespace: string, name: string, spec: Record<string, unknown> = {}): FineTuneJob {
+  return trainingJob(training, namespace, name, { trainer: { ...training.tiny.manifest.spec.trainer, image: KUBETUNE_IMAGE }, resources: { gpus: 1 }, ...spec });
 }
 
 /** The trainer's JSON event lines (`kubetune train` logs one per event) from a pod's log. */
@@ -376,7 +344,7 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
   describe("with the operator: Kueue admits, the trainer runs on the flavor's nodes, survives an eviction and resumes", () => {
     let opNamespace: string;
     let harness: OperatorHarness;
-    let training: { tiny: TinyJob; store: S3ObjectStore } | undefined;
+    let training: TinyTraining | undefined;
     const opClusterQueue = `ftq-cq-op-${suffix}`;
 
     beforeAll(async () => {
@@ -424,7 +392,7 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
     };
 
     it("runs a job once Kueue admits it; a higher-priority job evicts it, and it resumes from its checkpoint to the adapter of an uninterrupted run", async () => {
-      const lowJob = trainingJob(training!, opNamespace, "low-kueue", { queueName: localQueue, resources: { gpus: 1, cpu: "1", memory: "1Gi" } });
+      const lowJob = queuedTrainingJob(training!, opNamespace, "low-kueue", { queueName: localQueue, resources: { gpus: 1, cpu: "1", memory: "1Gi" } });
       lowJob.metadata.labels = { [LABEL_PRIORITY_CLASS]: lowClass! };
       await client.create(jobsPath(opNamespace), lowJob);
       await eventually("Kueue to admit low-kueue", async () => ((await getOpJob("low-kueue")).status?.phase === "Running" ? true : undefined), 60_000);
@@ -432,7 +400,7 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
       expect(pod.spec.nodeSelector).toMatchObject({ "kubetune.io/accelerator": "test-gpu" });
       expect(pod.spec.tolerations).toEqual(expect.arrayContaining([expect.objectContaining({ key: GPU, operator: "Exists", effect: "NoSchedule" })]));
       // The same spec outside any queue, on no GPU (the node's one is Kueue's): the adapter to match.
-      await client.create(jobsPath(opNamespace), trainingJob(training!, opNamespace, "uninterrupted-kueue", { resources: { gpus: 0 } }));
+      await client.create(jobsPath(opNamespace), queuedTrainingJob(training!, opNamespace, "uninterrupted-kueue", { resources: { gpus: 0 } }));
       const pid = await freezeAfterFirstCheckpoint(harness, opNamespace, "low-kueue-train-1");
 
       await client.create(jobsPath(opNamespace), opJob("ok-kueue-high", highClass!));
@@ -489,7 +457,7 @@ describe("the operator with a FineTuneQueue: the queue admits, the job controlle
 
   const getJob = (name: string) => client.get<FineTuneJob>(jobsPath(namespace, name));
   const job = (name: string, queue: string, spec: Record<string, unknown> = {}) => scriptedJobManifest(name, namespace, { queueName: queue, resources: { gpus: 1 }, ...spec });
-  const realJob = (name: string, queue?: string) => trainingJob({ tiny, store }, namespace, name, queue ? { queueName: queue } : {});
+  const realJob = (name: string, queue?: string) => queuedTrainingJob({ tiny, store }, namespace, name, queue ? { queueName: queue } : {});
   const adapter = (name: string) => store.get(`outputs/${name}/adapter_model.safetensors`);
 
   it("runs five 1-GPU jobs two at a time, in priority and then arrival order", async () => {
