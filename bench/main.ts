@@ -438,8 +438,10 @@ function printHuman(): void {
     const verbs = Object.entries(operator.apiRequestsByVerb).map(([verb, count]) => `${count} ${verb}`).join(", ");
     console.log(
       `operator (medians of ${operator.repeats}): ${operator.jobs} FineTuneJobs -> every trainer pod in ${operator.secondsUntilAllPods} s; ` +
-        `floor (the same ${operator.concurrency} clients writing ${operator.jobs} pods and status patches) ${operator.floorSeconds} s; ratio ${operator.ratioToFloor}; ` +
-        `all the operator's writes written directly ${operator.floorAllWritesSeconds} s (ratio ${operator.ratioToAllWritesFloor}); ` +
+        `floor (the same ${operator.concurrency} clients writing the same objects: ${operator.floorWrites}) ${operator.floorSeconds} s, ratio ${operator.ratioToFloor}; ` +
+        `pods and status patches alone ${operator.floorPodsAndStatusSeconds} s (ratio ${operator.ratioToPodsAndStatusFloor}); ` +
+        `issue 10's floor (Secrets, pods, status patches) ${operator.floorSecretsPodsAndStatusSeconds} s (ratio ${operator.ratioToSecretsPodsAndStatusFloor}); ` +
+        `creating the jobs alone ${operator.jobCreateSeconds} s; ` +
         `${operator.apiWritesPerJob} API writes per job (${verbs}); peak RSS ${operator.operatorPeakRssMiB} MiB` +
         (operator.tenThousandJobs ? `; ${operator.tenThousandJobs.jobs} jobs: peak RSS ${operator.tenThousandJobs.operatorPeakRssMiB} MiB, every pod in ${operator.tenThousandJobs.secondsUntilAllPods} s` : "") +
         ` (kube-apiserver ${operator.kubeApiserver})`,

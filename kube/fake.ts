@@ -107,11 +107,12 @@ export class FakeKube {
     return structuredClone(next) as T;
   }
 
-  async delete<T>(path: string): Promise<T> {
-    await this.count("DELETE", path);
+  async delete<T>(path: string, options?: { preconditions?: { uid?: string } }): Promise<T> {
+    await this.count("DELETE", path, options);
     const ref = parse(path);
     const current = this.objects.get(ref.key);
     if (!current) throw notFound(path);
+    if (options?.preconditions?.uid !== undefined && options.preconditions.uid !== current.metadata?.uid) throw conflict(path);
     if ((current.metadata?.finalizers ?? []).length > 0) {
       const next = structuredClone(current);
       next.metadata = { ...next.metadata, deletionTimestamp: next.metadata?.deletionTimestamp ?? new Date().toISOString() };

@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -6,7 +7,7 @@ import { fileURLToPath } from "node:url";
 
 const buildDir = path.join(path.dirname(fileURLToPath(import.meta.url)), "build");
 
-export type BinaryName = "kube-apiserver" | "kubectl" | "etcd" | "minio" | "helm" | "kueue";
+export type BinaryName = "kube-apiserver" | "kubectl" | "garbage-collector" | "etcd" | "minio" | "helm" | "kueue";
 
 /** The pinned versions, from build/versions.env (the one place they are written). */
 export function pinnedVersions(): { kubernetes: string; etcd: string; minio: string; helm: string; kueue: string } {
@@ -33,6 +34,7 @@ export function cacheDir(): string {
 const overrideVariable: Record<BinaryName, string> = {
   "kube-apiserver": "KUBETUNE_KUBE_APISERVER",
   kubectl: "KUBETUNE_KUBECTL",
+  "garbage-collector": "KUBETUNE_GARBAGE_COLLECTOR",
   etcd: "KUBETUNE_ETCD",
   minio: "KUBETUNE_MINIO",
   helm: "KUBETUNE_HELM",
@@ -43,6 +45,7 @@ const overrideVariable: Record<BinaryName, string> = {
 const versionOf: Record<BinaryName, keyof ReturnType<typeof pinnedVersions>> = {
   "kube-apiserver": "kubernetes",
   kubectl: "kubernetes",
+  "garbage-collector": "kubernetes",
   etcd: "etcd",
   minio: "minio",
   helm: "helm",
@@ -50,7 +53,11 @@ const versionOf: Record<BinaryName, keyof ReturnType<typeof pinnedVersions>> = {
 };
 
 function cachedPath(name: BinaryName): string {
-  return path.join(cacheDir(), "bin", `${name}-${pinnedVersions()[versionOf[name]]}`);
+  const version = pinnedVersions()[versionOf[name]];
+  // The garbage collector is built from our own source too (build/garbage-collector/main.go): its key holds that
+  // source's hash, as build-binaries.sh computes it, so that an edit builds it again.
+  const key = name === "garbage-collector" ? `${version}-${createHash("sha256").update(readFileSync(path.join(buildDir, "garbage-collector", "main.go"))).digest("hex").slice(0, 10)}` : version;
+  return path.join(cacheDir(), "bin", `${name}-${key}`);
 }
 
 /**

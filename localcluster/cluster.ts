@@ -1,9 +1,11 @@
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
 import { mkdir } from "node:fs/promises";
+import path from "node:path";
 import { KubeClient } from "../kube/client.ts";
 import { pinnedVersions, resolveBinaries, type BinaryName } from "./binaries.ts";
 import { startControlPlane, type ControlPlane } from "./controlplane.ts";
 import { startMinio, type S3Server } from "./minio.ts";
+import { startProcess, type ManagedProcess } from "./process.ts";
 import { DefaultServiceAccounts } from "./service-accounts.ts";
 
 /** A loopback Kubernetes control plane and S3 server: what the integration tests and `dev-cluster` run. */
@@ -11,6 +13,8 @@ export interface LocalCluster {
   dir: string;
   controlPlane: ControlPlane;
   s3: S3Server;
+  /** Kubernetes' garbage collector (build/garbage-collector), unless the options turned it off. */
+  garbageCollector?: ManagedProcess;
   /** Path of the kubectl binary built with the API server. */
   kubectl: string;
   client: KubeClient;
@@ -22,12 +26,18 @@ export interface LocalClusterOptions {
   dir: string;
   apiserverPort?: number;
   s3Port?: number;
+  /**
+   * Runs Kubernetes' garbage collector beside the API server (default true), as kube-controller-manager does in a
+   * real cluster: objects whose owners are gone (a deleted FineTuneJob's pods, its Kueue Workload) are deleted.
+   */
+  garbageCollector?: boolean;
   log?: (line: string) => void;
 }
 
 export async function startLocalCluster(options: LocalClusterOptions): Promise<LocalCluster> {
   await mkdir(options.dir, { recursive: true });
-  const names: BinaryName[] = ["kube-apiserver", "kubectl", "etcd", "minio"];
+  const withGarbageCollector = options.garbageCollector ?? true;
+  const names: BinaryName[] = ["kube-apiserver", "kubectl", "etcd", "minio", ...(withGarbageCollector ? (["garbage-collector"] as const) : [])];
   const binaries = await resolveBinaries(names, options.log);
   const controlPlane = await startControlPlane({
     dir: options.dir,
@@ -42,6 +52,10 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
     await controlPlane.stop();
     throw error;
   }
+  // It waits for nothing: it reads discovery again every few seconds, so CRDs installed later are covered too.
+  const garbageCollector = withGarbageCollector
+    ? startProcess("garbage-collector", binaries["garbage-collector"], [`--kubeconfig=${controlPlane.kubeconfig}`], { logFile: path.join(options.dir, "logs", "garbage-collector.log") })
+    : undefined;
   const client = KubeClient.load(controlPlane.kubeconfig);
   const serviceAccounts = new DefaultServiceAccounts(client, options.log);
   await serviceAccounts.start();
@@ -50,6 +64,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
     dir: options.dir,
     controlPlane,
     s3,
+    garbageCollector,
     kubectl: binaries.kubectl,
     client,
     versions: {
@@ -58,6 +73,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       minio: process.env.KUBETUNE_MINIO ? s3.version : `github.com/minio/minio@${pinned.minio}`,
     },
     async stop() {
+      await garbageCollector?.stop();
       await serviceAccounts.stop();
       await s3.stop();
       await controlPlane.stop();

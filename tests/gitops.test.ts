@@ -2,7 +2,7 @@ import type { V1Pod } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import { applyDefaults, type FineTuneJob } from "../api/index.ts";
 import { decide, type DecideSettings } from "../operator/finetunejob/decide.ts";
-import { FINALIZER, trainerPod } from "../operator/finetunejob/pods.ts";
+import { trainerPod } from "../operator/finetunejob/pods.ts";
 import { argoHealth, argoHealthScript, luaLiteral } from "./argocd-health.ts";
 
 // The statuses below are the operator's own: decide() applied to a job and its pods in each
@@ -25,7 +25,7 @@ function job(spec: Record<string, unknown> = {}, status?: FineTuneJob["status"])
   return {
     apiVersion: "kubetune.io/v1alpha1",
     kind: "FineTuneJob",
-    metadata: { name: "tune", namespace: "team-a", uid: "uid-1", generation: 1, finalizers: [FINALIZER] },
+    metadata: { name: "tune", namespace: "team-a", uid: "uid-1", generation: 1 },
     spec: { baseModel: { uri: "s3://models/base" }, dataset: { train: "s3://data/train.jsonl" }, method: { type: "lora" }, output: { uri: "s3://out/tune" }, ...spec },
     status,
   } as FineTuneJob;

@@ -30,6 +30,8 @@ const reasonDocs = {
   Suspended: "runPolicy.suspend is true: a checkpoint was saved and the trainer stopped.",
   Resumed: "runPolicy.suspend became false: training resumes from the last checkpoint.",
   NameConflict: "An object the job needs (its trainer or preflight pod) exists under the job's fixed name but belongs to something else; the operator never takes it over. Delete or rename that object, then recreate the job.",
+  EarlierJobPodTerminating:
+    "A pod under the job's fixed name still belongs to an earlier FineTuneJob of the same name, which was deleted; the operator deletes it (as the garbage collector would) and the job starts once it is gone.",
   ContainerConfigError: "The pod's container could not be configured for longer than the timeout: usually a Secret it references (storage.secretRef) is missing or lacks the key; the message says which.",
   ImagePullFailed: "The trainer image could not be pulled: check trainer.image and the pull secret.",
   Unschedulable: "No node fits the trainer pod: check resources, nodeSelector, tolerations and affinity.",

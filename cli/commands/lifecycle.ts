@@ -62,7 +62,10 @@ async function setSuspend(cluster: Cluster, name: string, suspend: boolean): Pro
 async function cancel(cluster: Cluster, name: string, wait: boolean, timeoutMs: number): Promise<void> {
   const job = await getJob(cluster, name);
   try {
-    await cluster.client.delete(jobsPath(cluster.namespace, name));
+    // Foreground, as `kubectl delete --cascade=foreground`: the job stays (being deleted) until the garbage collector
+    // has deleted its pods, which name it with blockOwnerDeletion, so waiting for it to go waits for the trainer's
+    // checkpoint too.
+    await cluster.client.delete(jobsPath(cluster.namespace, name), { propagationPolicy: "Foreground" });
   } catch (error) {
     throw await explain(error, cluster, name);
   }

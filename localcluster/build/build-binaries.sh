@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubectl, etcd, MinIO, Helm and the Kueue manager from their Go modules
-# and caches them in $KUBETUNE_CACHE_DIR/bin (default ~/.cache/kubetune/bin), keyed by version.
+# Builds kube-apiserver, kubectl, Kubernetes' garbage collector, etcd, MinIO, Helm and the Kueue
+# manager from their Go modules and caches them in $KUBETUNE_CACHE_DIR/bin (default ~/.cache/kubetune/bin), keyed by version.
 # Prints nothing but errors and progress on stderr; prints the bin folder on stdout.
 #
 # kube-apiserver cannot be `go install`ed: k8s.io/kubernetes requires its staging modules at
@@ -52,35 +52,65 @@ point KUBETUNE_$(echo "$name" | tr 'a-z-' 'A-Z_') at a binary you already have."
   log "built $name $version in $((SECONDS - started))s"
 }
 
-build_kubernetes() {
-  local out="$1" mod="$work/kubernetes-$KUBERNETES_VERSION"
+# kubernetes_module: writes the wrapper module for $KUBERNETES_VERSION (once) and prints its folder.
+kubernetes_module() {
+  local mod="$work/kubernetes-$KUBERNETES_VERSION"
   local minor="${KUBERNETES_VERSION#v1.}"
-  mkdir -p "$mod"
+  if [ ! -f "$mod/go.mod" ]; then
+    mkdir -p "$mod"
+    (
+      cd "$mod"
+      go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null
+      local upstream
+      upstream="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.mod"
+      {
+        echo "module kubetune.local/kubernetes-build"
+        echo
+        echo "go 1.26"
+        echo
+        echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+        echo
+        echo "replace ("
+        # Every `k8s.io/X => ./staging/src/k8s.io/X` in the tag's go.mod becomes
+        # `k8s.io/X => k8s.io/X v0.<minor>`: the published copy of the same staging module.
+        grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$upstream" \
+          | awk -v v="v0.$minor" '{ print "\t" $1 " => " $1 " " v }'
+        echo ")"
+      } > go.mod.tmp
+      mv go.mod.tmp go.mod
+      printf 'package main\n' > main.go
+    )
+  fi
+  echo "$mod"
+}
+
+kubernetes_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
+
+build_kubernetes() {
+  local out="$1" mod
+  mod="$(kubernetes_module)"
   (
     cd "$mod"
-    go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null
-    local upstream
-    upstream="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.mod"
-    {
-      echo "module kubetune.local/kubernetes-build"
-      echo
-      echo "go 1.26"
-      echo
-      echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
-      echo
-      echo "replace ("
-      # Every `k8s.io/X => ./staging/src/k8s.io/X` in the tag's go.mod becomes
-      # `k8s.io/X => k8s.io/X v0.<minor>`: the published copy of the same staging module.
-      grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$upstream" \
-        | awk -v v="v0.$minor" '{ print "\t" $1 " => " $1 " " v }'
-      echo ")"
-    } > go.mod
-    printf 'package main\n' > main.go
     go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBERNETES_VERSION"
-    local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
-    go build -ldflags "$ldflags" -o "$out" k8s.io/kubernetes/cmd/kube-apiserver
-    go build -ldflags "$ldflags" -o "$bin/kubectl-$KUBERNETES_VERSION.tmp" k8s.io/kubernetes/cmd/kubectl
+    go build -ldflags "$kubernetes_ldflags" -o "$out" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -ldflags "$kubernetes_ldflags" -o "$bin/kubectl-$KUBERNETES_VERSION.tmp" k8s.io/kubernetes/cmd/kubectl
     mv "$bin/kubectl-$KUBERNETES_VERSION.tmp" "$bin/kubectl-$KUBERNETES_VERSION"
+  )
+}
+
+# Kubernetes' garbage collector alone (garbage-collector/main.go), built in the same wrapper module
+# as kube-apiserver: the same version, and most of its packages already compiled (about a minute
+# after kube-apiserver). Its cache key also holds the source's hash, so an edit rebuilds it.
+garbage_collector_key="$KUBERNETES_VERSION-$(sha256sum "$here/garbage-collector/main.go" | cut -c1-10)"
+build_garbage_collector() {
+  local out="$1" mod
+  mod="$(kubernetes_module)"
+  (
+    cd "$mod"
+    mkdir -p garbage-collector
+    cp "$here/garbage-collector/main.go" garbage-collector/main.go
+    go get "k8s.io/kubernetes/pkg/controller/garbagecollector@$KUBERNETES_VERSION"
+    go build -ldflags "$kubernetes_ldflags" -o "$out" ./garbage-collector
   )
 }
 
@@ -128,12 +158,13 @@ build_helm() {
   build_go_main "$1" helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
-want="${*:-kube-apiserver etcd minio helm kueue}"
+want="${*:-kube-apiserver garbage-collector etcd minio helm kueue}"
 for name in $want; do
   case "$name" in
     kube-apiserver|kubectl)
       [ -x "$bin/kubectl-$KUBERNETES_VERSION" ] || rm -f "$bin/kube-apiserver-$KUBERNETES_VERSION"
       build_if_missing kube-apiserver "$KUBERNETES_VERSION" build_kubernetes ;;
+    garbage-collector) build_if_missing garbage-collector "$garbage_collector_key" build_garbage_collector ;;
     etcd) build_if_missing etcd "$ETCD_VERSION" build_etcd ;;
     minio) build_if_missing minio "$MINIO_VERSION" build_minio ;;
     helm) build_if_missing helm "$HELM_VERSION" build_helm ;;
@@ -141,7 +172,7 @@ for name in $want; do
       # The binary counts as built only with its manifests beside it.
       [ -d "$bin/kueue-$KUEUE_VERSION-config" ] || rm -f "$bin/kueue-$KUEUE_VERSION"
       build_if_missing kueue "$KUEUE_VERSION" build_kueue ;;
-    *) die "unknown binary '$name' (expected kube-apiserver, kubectl, etcd, minio, helm or kueue)" ;;
+    *) die "unknown binary '$name' (expected kube-apiserver, kubectl, garbage-collector, etcd, minio, helm or kueue)" ;;
   esac
 done
 echo "$bin"

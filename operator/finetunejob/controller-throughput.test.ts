@@ -1,14 +1,15 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
-import { ApiError, resourcePath, type KubeClient } from "../../kube/client.ts";
+import { resourcePath, type KubeClient } from "../../kube/client.ts";
 import { FakeKube } from "../../kube/fake.ts";
 import { OperatorMetrics } from "../metrics.ts";
 import { EventRecorder } from "../runtime/events.ts";
 import { FineTuneJobController } from "./controller.ts";
 import { FINALIZER } from "./pods.ts";
 
-// How a new job's writes are sent: its finalizer and its first pod together, the status after both.
+// How a new job's writes are sent: its pod, then its status (no finalizer: the pods are the garbage collector's to
+// delete with the job), and what happens when a pod under its name is left from an earlier job of the same name.
 
 const namespace = "team-a";
 const jobPath = (name?: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name });
@@ -24,21 +25,6 @@ async function until(what: string, check: () => boolean, timeoutMs = 10_000): Pr
   }
 }
 
-/** The fake API server, with the job's finalizer patch handed to `onFinalizerPatch` first. */
-function interceptFinalizer(kube: FakeKube, onFinalizerPatch: () => Promise<void>): KubeClient {
-  return new Proxy(kube, {
-    get(target, property, receiver) {
-      if (property === "patch")
-        return async (path: string, body: unknown, type?: "merge" | "json") => {
-          if (path === jobPath("tune") && type === "json") await onFinalizerPatch();
-          return target.patch(path, body, type);
-        };
-      const value = Reflect.get(target, property, receiver) as unknown;
-      return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-    },
-  }) as unknown as KubeClient;
-}
-
 describe("a new job's first writes", () => {
   let controller: FineTuneJobController | undefined;
   afterEach(async () => {
@@ -46,11 +32,11 @@ describe("a new job's first writes", () => {
     controller = undefined;
   });
 
-  async function start(kube: FakeKube, client: KubeClient): Promise<void> {
+  async function start(kube: FakeKube, client: KubeClient, finalizers?: string[]): Promise<void> {
     await kube.create(jobPath(), {
       apiVersion: API_VERSION,
       kind: KIND,
-      metadata: { name: "tune", namespace },
+      metadata: { name: "tune", namespace, ...(finalizers ? { finalizers } : {}) },
       spec: { baseModel: { uri: "s3://models/tiny" }, dataset: { train: "s3://data/train.jsonl" }, method: { type: "lora" }, output: { uri: "s3://out/tune" } },
     } as FineTuneJob);
     controller = new FineTuneJobController({
@@ -68,26 +54,78 @@ describe("a new job's first writes", () => {
 
   const podCreations = (kube: FakeKube) => kube.calls.filter((call) => call.method === "POST" && call.path === podPath()).length;
 
-  it("sends the finalizer and the first pod together, then the status on the finalizer's version", async () => {
+  it("writes a new job's pod, then its status, and nothing else on the job: no finalizer", async () => {
     const kube = new FakeKube();
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => (release = resolve));
-    await start(kube, interceptFinalizer(kube, () => held));
-    // The finalizer patch is held: the pod is created meanwhile (one after the other, it would wait for ever).
-    await until("the pod", () => podCreations(kube) === 1);
-    expect(kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts).toBeUndefined();
-    release();
+    await start(kube, kube.asClient());
     await until("status.attempts", () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts === 1);
+    await sleep(300);
     const job = kube.stored<FineTuneJob>(jobPath("tune"))!;
-    expect(job.metadata.finalizers).toEqual([FINALIZER]);
+    expect(job.metadata.finalizers).toBeUndefined();
     expect(job.status?.phase).toBe("Running");
-    expect(kube.storedIn<V1Pod>(podPath()).map((pod) => pod.metadata?.name)).toEqual(["tune-train-1"]);
+    // After the test's own create of the job: the operator's writes, and its PodCreated Event (written in the background).
+    const writes = kube.calls.filter((call) => call.method !== "GET" && call.path !== jobPath()).map((call) => `${call.method} ${call.path}`);
+    expect(writes.filter((write) => !write.endsWith("/events"))).toEqual([`POST ${podPath()}`, `PATCH ${jobPath("tune")}/status`]);
+    expect(writes.filter((write) => write.endsWith("/events"))).toHaveLength(1);
+    // The garbage collector deletes the pod with the job: it names the job as its controlling owner, and blocks the
+    // job's foreground deletion until it is gone.
+    expect(kube.storedIn<V1Pod>(podPath())[0]?.metadata?.ownerReferences).toEqual([
+      { apiVersion: API_VERSION, kind: KIND, name: "tune", uid: job.metadata.uid, controller: true, blockOwnerDeletion: true },
+    ]);
+  });
+
+  it("takes off the finalizer that an earlier operator version put on a job, then writes status on that write's version", async () => {
+    const kube = new FakeKube();
+    await start(kube, kube.asClient(), [FINALIZER, "example.com/keep"]);
+    await until("status.attempts", () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts === 1);
+    await sleep(300);
+    expect(kube.stored<FineTuneJob>(jobPath("tune"))!.metadata.finalizers).toEqual(["example.com/keep"]);
+    // Conditional writes, the status on the version the finalizer's removal made: no conflict, nothing written twice.
+    const jobWrites = kube.calls.filter((call) => call.method === "PATCH" && call.path.startsWith(jobPath("tune")));
+    expect(jobWrites.map((call) => call.path)).toEqual([jobPath("tune"), `${jobPath("tune")}/status`]);
+    expect(podCreations(kube)).toBe(1);
+  });
+
+  it("waits for the pod left by an earlier job of the same name, deleting it conditionally on its uid, then starts its own", async () => {
+    const kube = new FakeKube();
+    // The earlier job "tune" was deleted; its trainer pod is still terminating (a finalizer stands for the kubelet's
+    // grace period), and the garbage collector has not got to it.
+    const earlierUid = "uid-of-the-earlier-tune";
+    await kube.create(podPath(), {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: {
+        name: "tune-train-1",
+        namespace,
+        finalizers: ["test.kubetune.io/terminating"],
+        labels: { "kubetune.io/job-name": "tune", "app.kubernetes.io/component": "trainer", "kubetune.io/attempt": "1" },
+        ownerReferences: [{ apiVersion: API_VERSION, kind: KIND, name: "tune", uid: earlierUid, controller: true, blockOwnerDeletion: true }],
+      },
+      spec: { containers: [{ name: "trainer", image: "old" }] },
+    } as V1Pod);
+    await start(kube, kube.asClient());
+    await until("the wait in status", () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.conditions?.some((condition) => condition.reason === "EarlierJobPodTerminating") ?? false);
+    const deletes = kube.calls.filter((call) => call.method === "DELETE");
+    expect(deletes).toEqual([{ method: "DELETE", path: podPath("tune-train-1"), body: { preconditions: { uid: kube.stored<V1Pod>(podPath("tune-train-1"))!.metadata!.uid } } }]);
+    const waiting = kube.stored<FineTuneJob>(jobPath("tune"))!;
+    expect(waiting.status?.phase).not.toBe("Failed");
+    expect(waiting.status?.conditions?.find((condition) => condition.type === "Running")?.message).toContain(earlierUid);
+    // While it terminates, nothing starts under its name.
+    await sleep(300);
+    expect(kube.stored<V1Pod>(podPath("tune-train-1"))!.metadata!.ownerReferences![0]!.uid).toBe(earlierUid);
+    // The kubelet lets it go: its deletion wakes the job, whose own first attempt starts.
+    await kube.update(podPath("tune-train-1"), (pod) => {
+      (pod.metadata as { finalizers?: string[] }).finalizers = [];
+    });
+    await kube.delete(podPath("tune-train-1"));
+    await until("the job's own pod", () => kube.stored<V1Pod>(podPath("tune-train-1"))?.metadata?.ownerReferences?.[0]?.uid === waiting.metadata.uid);
+    await until("status.attempts", () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts === 1);
+    expect(kube.stored<FineTuneJob>(jobPath("tune"))!.status?.conditions?.find((condition) => condition.type === "Running")?.reason).toBe("PodCreated");
   });
 
   it("does not start a reconcile from a version of the job that its own write replaced (no stale write, no conflict)", async () => {
     const kube = new FakeKube();
-    // The job cache lags: it shows the job as created while the finalizer and status writes land, and the pod's event
-    // wakes the job's reconcile meanwhile.
+    // The job cache lags: it shows the job as created while the status write lands, and the pod's event wakes the
+    // job's reconcile meanwhile.
     kube.holdWatch("finetunejobs");
     await start(kube, kube.asClient());
     await until("status.attempts", () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts === 1);
@@ -95,26 +133,7 @@ describe("a new job's first writes", () => {
     kube.releaseWatch("finetunejobs");
     await sleep(300);
     const jobWrites = kube.calls.filter((call) => call.method === "PATCH" && call.path.startsWith(jobPath("tune")));
-    expect(jobWrites.map((call) => call.path)).toEqual([jobPath("tune"), `${jobPath("tune")}/status`]);
-    expect(podCreations(kube)).toBe(1);
-  });
-
-  it("fails the reconcile when the finalizer patch fails, and the next one adopts the pod made meanwhile (no second pod)", async () => {
-    const kube = new FakeKube();
-    let failures = 1;
-    await start(
-      kube,
-      interceptFinalizer(kube, async () => {
-        // The job changed between the cache's read and the patch: its test operation fails.
-        if (failures-- > 0) throw new ApiError(422, "Invalid", "the server rejected our request: testing value /metadata/resourceVersion failed");
-      }),
-    );
-    await until("status.attempts", () => kube.stored<FineTuneJob>(jobPath("tune"))?.status?.attempts === 1);
-    await sleep(300);
-    const job = kube.stored<FineTuneJob>(jobPath("tune"))!;
-    expect(job.metadata.finalizers).toEqual([FINALIZER]);
-    expect(job.status).toMatchObject({ phase: "Running", attempts: 1 });
-    expect(kube.storedIn<V1Pod>(podPath()).map((pod) => pod.metadata?.name)).toEqual(["tune-train-1"]);
+    expect(jobWrites.map((call) => call.path)).toEqual([`${jobPath("tune")}/status`]);
     expect(podCreations(kube)).toBe(1);
   });
 });

@@ -7,7 +7,6 @@ import { OperatorMetrics } from "../metrics.ts";
 import { EventRecorder } from "../runtime/events.ts";
 import { FineTuneJobController } from "./controller.ts";
 import type { DecideSettings } from "./decide.ts";
-import { FINALIZER } from "./pods.ts";
 
 const namespace = "team-a";
 const settings: DecideSettings = {
@@ -28,7 +27,7 @@ function manifest(name: string, spec: Record<string, unknown> = {}): FineTuneJob
   return {
     apiVersion: API_VERSION,
     kind: KIND,
-    metadata: { name, namespace, finalizers: [FINALIZER] },
+    metadata: { name, namespace },
     spec: {
       baseModel: { uri: "s3://models/tiny" },
       dataset: { train: "s3://data/train.jsonl" },
@@ -143,7 +142,7 @@ describe("FineTuneJobController against a lagging cache", () => {
     });
   });
 
-  it("starts a job with at most 4 API writes and no Secret: the trainer's progress token is projected, not stored", async () => {
+  it("starts a job with 3 API writes (pod, status, Event), no finalizer and no Secret: the trainer's progress token is projected, not stored", async () => {
     const kube = new FakeKube();
     await kube.create(jobPath(), { ...manifest("tune"), metadata: { name: "tune", namespace } });
     const before = kube.calls.length;
@@ -152,7 +151,7 @@ describe("FineTuneJobController against a lagging cache", () => {
     await sleep(300);
     const writes = kube.calls.slice(before).filter((call) => !["GET", "LIST", "WATCH"].includes(call.method));
     expect(writes.filter((call) => call.path.includes("/secrets"))).toEqual([]);
-    expect(writes.length, writes.map((call) => `${call.method} ${call.path}`).join("\n")).toBeLessThanOrEqual(4);
+    expect(writes.length, writes.map((call) => `${call.method} ${call.path}`).join("\n")).toBeLessThanOrEqual(3);
     expect(kube.stored<V1Pod>(podPath("tune-train-1"))?.spec?.containers[0]?.env?.find((variable) => variable.name === "KUBETUNE_PROGRESS_TOKEN_FILE")?.value).toBe("/var/run/secrets/kubetune.io/progress/token");
   });
 

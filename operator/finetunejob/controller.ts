@@ -1,13 +1,13 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { isDeepStrictEqual } from "node:util";
-import { GROUP, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
+import { API_VERSION, GROUP, KIND, PLURAL, VERSION, type FineTuneJob } from "../../api/index.ts";
 import { ApiError, isAlreadyExists, isNotFound, resourcePath, type KubeClient, type KubeObject } from "../../kube/client.ts";
 import { Informer, keepOnlyFields } from "../../kube/informer.ts";
 import type { OperatorMetrics } from "../metrics.ts";
 import type { EventRecorder } from "../runtime/events.ts";
 import { Expectations } from "../runtime/expectations.ts";
 import { WorkQueue } from "../runtime/workqueue.ts";
-import { decide, decideNameConflict, type Action, type Decision, type DecideSettings } from "./decide.ts";
+import { decide, decideEarlierJobPod, decideNameConflict, type Action, type Decision, type DecideSettings } from "./decide.ts";
 import { FINALIZER, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_NAME, trainerPodName } from "./pods.ts";
 
 export interface ControllerOptions {
@@ -51,7 +51,7 @@ export class FineTuneJobController {
   /** Pods this process created that the pod cache has not shown yet. */
   private readonly expectations = new Expectations();
   /**
-   * Versions of each job that this process's own writes (finalizer, status) replaced, until the
+   * Versions of each job that this process's own writes (status; a legacy finalizer's removal) replaced, until the
    * cache shows a newer one: a reconcile that starts from one of them would redo the write and
    * meet a conflict (a pod's event can wake it before the job's own event has arrived).
    */
@@ -194,8 +194,9 @@ export class FineTuneJobController {
     try {
       await this.actAll(job, decision.actions);
     } catch (error) {
-      if (!(error instanceof NameConflictError)) throw error;
-      decision = decideNameConflict(job, error.object, new Date());
+      if (error instanceof NameConflictError) decision = decideNameConflict(job, error.object, new Date());
+      else if (error instanceof EarlierJobPodError) decision = decideEarlierJobPod(job, error.object, new Date());
+      else throw error;
     }
     // Events first: they tell of actions already taken, which a status write refused as stale must not hide. record()
     // only queues them (written in the background, in order): the reconcile never waits on an Event write.
@@ -226,28 +227,9 @@ export class FineTuneJobController {
     }
   }
 
-  /**
-   * Takes the actions in order, each after the one before, but for a new job's first two: its
-   * finalizer and its first pod are sent together (one round trip instead of two before the pod
-   * exists; the API server's latency, not the operator, bounds a burst of new jobs). Neither needs
-   * the other: the pod names the job as its controlling owner, so should the job go before the
-   * finalizer lands, garbage collection removes the pod, and a finalizer patch that fails fails
-   * the reconcile as before (the pod made meanwhile is adopted by the next one, as after a crash
-   * between the two). The status write still follows both, conditional on the finalizer's version.
-   */
+  /** Takes the actions in order, each after the one before. */
   private async actAll(job: FineTuneJob, actions: Action[]): Promise<void> {
-    for (let index = 0; index < actions.length; index += 1) {
-      const action = actions[index]!;
-      const next = actions[index + 1];
-      if (action.kind === "addFinalizer" && next?.kind === "createPod") {
-        const [finalizer, pod] = await Promise.allSettled([this.act(job, action), this.act(job, next)]);
-        if (finalizer.status === "rejected") throw finalizer.reason;
-        if (pod.status === "rejected") throw pod.reason;
-        index += 1;
-        continue;
-      }
-      await this.act(job, action);
-    }
+    for (const action of actions) await this.act(job, action);
   }
 
   private async act(job: FineTuneJob, action: Action): Promise<void> {
@@ -256,15 +238,14 @@ export class FineTuneJobController {
     const jobPath = resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name: job.metadata.name });
     const podPath = (name?: string) => resourcePath({ group: "", version: "v1", plural: "pods", namespace, name });
     switch (action.kind) {
-      case "addFinalizer":
-        // The status write that follows is conditional on the resourceVersion this write makes.
-        this.wrote(job, await client.patch<FineTuneJob>(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "add", path: "/metadata/finalizers", value: [...(job.metadata.finalizers ?? []), FINALIZER] }], "json"));
+      case "removeFinalizer": {
+        // The legacy finalizer of an earlier version (decide()); a status write that follows is conditional on this one.
+        const written = await client
+          .patch<FineTuneJob>(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "replace", path: "/metadata/finalizers", value: (job.metadata.finalizers ?? []).filter((entry) => entry !== FINALIZER) }], "json")
+          .catch((error: unknown) => (isNotFound(error) ? undefined : Promise.reject(error)));
+        if (written) this.wrote(job, written);
         return;
-      case "removeFinalizer":
-        await client
-          .patch(jobPath, [{ op: "test", path: "/metadata/resourceVersion", value: job.metadata.resourceVersion }, { op: "replace", path: "/metadata/finalizers", value: (job.metadata.finalizers ?? []).filter((entry) => entry !== FINALIZER) }], "json")
-          .catch(ignoreNotFound);
-        return;
+      }
       case "createPod": {
         const key = `${namespace}/${job.metadata.name}`;
         const podName = action.pod.metadata!.name!;
@@ -281,6 +262,12 @@ export class FineTuneJobController {
           const existing = await client.get<V1Pod>(podPath(podName)).catch((readError: unknown) => (isNotFound(readError) ? undefined : Promise.reject(readError)));
           if (existing && controllerUid(existing) !== job.metadata.uid) {
             this.expectations.observed(key, podName);
+            if (ownedByEarlierJob(existing, job)) {
+              // Its job is gone (two jobs cannot share a name at once), so the garbage collector deletes it anyway:
+              // asking now, conditional on its uid, spares the wait for the collector.
+              if (!existing.metadata?.deletionTimestamp) await client.delete(podPath(podName), { preconditions: { uid: existing.metadata!.uid! } }).catch(ignoreGoneOrChanged);
+              throw new EarlierJobPodError({ kind: "Pod", name: podName, owner: ownerName(existing) });
+            }
             throw new NameConflictError({ kind: "Pod", name: podName, owner: ownerName(existing) });
           }
           if (existing && existing.metadata?.labels?.[LABEL_JOB_NAME] !== job.metadata.name) this.expectations.observed(key, podName);
@@ -313,7 +300,7 @@ export class FineTuneJobController {
    */
   private wrote(job: FineTuneJob, written: FineTuneJob): void {
     const key = `${job.metadata.namespace}/${job.metadata.name}`;
-    // A reconcile writes the job at most twice (finalizer, then status); a few more cover back-to-back reconciles.
+    // A reconcile writes the job at most twice (a legacy finalizer's removal, then status); a few more cover back-to-back reconciles.
     this.replaced.set(key, [...(this.replaced.get(key) ?? []), job.metadata.resourceVersion!].slice(-4));
     job.metadata.resourceVersion = written.metadata.resourceVersion;
   }
@@ -352,6 +339,24 @@ class NameConflictError extends Error {
   constructor(readonly object: { kind: string; name: string; owner?: string }) {
     super(`${object.kind} ${object.name} exists and is not owned by the job`);
   }
+}
+
+/** A pod of an earlier job of this name: made by the operator for a FineTuneJob with the same name, another uid. */
+class EarlierJobPodError extends Error {
+  constructor(readonly object: { kind: string; name: string; owner?: string }) {
+    super(`${object.kind} ${object.name} belongs to an earlier job of the same name`);
+  }
+}
+
+/** True when the pod's controller is a FineTuneJob of the job's name that is not the job: one deleted before it was made. */
+function ownedByEarlierJob(pod: V1Pod, job: FineTuneJob): boolean {
+  const owner = pod.metadata?.ownerReferences?.find((reference) => reference.controller);
+  return owner?.apiVersion === API_VERSION && owner.kind === KIND && owner.name === job.metadata.name && owner.uid !== job.metadata.uid;
+}
+
+/** A delete conditional on a uid: gone already (404) or replaced by another object (409) both mean nothing to do. */
+function ignoreGoneOrChanged(error: unknown): void {
+  if (!isNotFound(error) && !(error instanceof ApiError && error.status === 409)) throw error;
 }
 
 /** The uid of the object's controlling owner, as an index value list (empty when it has none). */

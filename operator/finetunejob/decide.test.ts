@@ -1,7 +1,7 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import type { FineTuneJob } from "../../api/index.ts";
-import { decide, decideNameConflict, type DecideSettings } from "./decide.ts";
+import { decide, decideEarlierJobPod, decideNameConflict, type DecideSettings } from "./decide.ts";
 import { FINALIZER, trainerPod, preflightPod } from "./pods.ts";
 import { applyDefaults } from "../../api/index.ts";
 
@@ -20,11 +20,11 @@ const settings: DecideSettings = {
 const now = new Date("2026-11-28T12:00:00Z");
 const seconds = (n: number) => new Date(now.getTime() + n * 1000);
 
-function job(overrides: { spec?: Record<string, unknown>; status?: FineTuneJob["status"]; deleting?: boolean } = {}): FineTuneJob {
+function job(overrides: { spec?: Record<string, unknown>; status?: FineTuneJob["status"]; deleting?: boolean; finalizers?: string[] } = {}): FineTuneJob {
   return {
     apiVersion: "kubetune.io/v1alpha1",
     kind: "FineTuneJob",
-    metadata: { name: "tune", namespace: "team-a", uid: "uid-1", generation: 1, finalizers: [FINALIZER], ...(overrides.deleting ? { deletionTimestamp: now.toISOString() } : {}) },
+    metadata: { name: "tune", namespace: "team-a", uid: "uid-1", generation: 1, ...(overrides.finalizers ? { finalizers: overrides.finalizers } : {}), ...(overrides.deleting ? { deletionTimestamp: now.toISOString() } : {}) },
     spec: {
       baseModel: { uri: "s3://models/smollm" },
       dataset: { train: "s3://data/train.jsonl" },
@@ -52,12 +52,11 @@ function failed(j: FineTuneJob, attempt: number, terminated: object, failuresBef
 }
 
 describe("decide", () => {
-  it("adds the finalizer and starts with a preflight pod, before any trainer pod", () => {
-    const fresh = job();
-    fresh.metadata.finalizers = [];
-    const decision = decide(fresh, [], now, settings);
-    expect(decision.actions.map((action) => action.kind)).toEqual(["addFinalizer", "createPod"]);
-    const pod = (decision.actions[1] as { pod: V1Pod }).pod;
+  it("starts with a preflight pod, before any trainer pod, and puts no finalizer on the job (its pods are garbage-collected with it)", () => {
+    const decision = decide(job(), [], now, settings);
+    expect(decision.actions.map((action) => action.kind)).toEqual(["createPod"]);
+    const pod = (decision.actions[0] as { pod: V1Pod }).pod;
+    expect(pod.metadata?.ownerReferences).toEqual([expect.objectContaining({ kind: "FineTuneJob", name: "tune", uid: "uid-1", controller: true, blockOwnerDeletion: true })]);
     expect(pod.metadata?.name).toBe("tune-preflight");
     expect(pod.spec?.containers[0]?.image).toBe("ghcr.io/kubetune/kubetune-operator:test");
     expect(pod.spec?.containers[0]?.resources?.limits?.["nvidia.com/gpu"]).toBeUndefined();
@@ -319,13 +318,34 @@ describe("decide", () => {
     expect(decision.status?.conditions?.find((c) => c.type === "PreflightChecked")).toMatchObject({ status: "False", reason: "ModelNotFound", message: expect.stringContaining("config.json") });
   });
 
-  it("fails with NameConflict naming an object the job does not own, and later removes only its finalizer", () => {
+  it("fails with NameConflict naming an object the job does not own, and deletes nothing when the job goes", () => {
     const j = job({ status: { phase: "Pending" } });
     const decision = decideNameConflict(j, { kind: "Pod", name: "tune-preflight" }, now);
     expect(decision.status?.phase).toBe("Failed");
     expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toMatchObject({ reason: "NameConflict", message: expect.stringContaining("Pod team-a/tune-preflight already exists") });
     expect(decision.events).toEqual([expect.objectContaining({ type: "Warning", reason: "NameConflict" })]);
     const deleting = job({ deleting: true, status: decision.status });
+    expect(decide(deleting, [], now, settings).actions).toEqual([]);
+  });
+
+  it("waits, without failing, for the pod of an earlier job of the same name to go, and says so once", () => {
+    const j = job({ status: { phase: "Pending" } });
+    const owner = "FineTuneJob tune (uid uid-0)";
+    const decision = decideEarlierJobPod(j, { kind: "Pod", name: "tune-preflight", owner }, now);
+    expect(decision.status?.phase).toBe("Pending");
+    expect(decision.status?.conditions?.find((c) => c.type === "Failed")).toBeUndefined();
+    expect(decision.status?.conditions?.find((c) => c.type === "Running")).toMatchObject({ status: "False", reason: "EarlierJobPodTerminating", message: expect.stringContaining(owner) });
+    expect(decision.events).toEqual([expect.objectContaining({ type: "Normal", reason: "EarlierJobPodTerminating" })]);
+    expect(decision.requeueAfterSeconds).toBeGreaterThan(0);
+    // Still waiting at the next reconcile: no second Event.
+    expect(decideEarlierJobPod(job({ status: decision.status }), { kind: "Pod", name: "tune-preflight", owner }, now).events).toEqual([]);
+  });
+
+  it("takes the finalizer of an earlier operator version off a job, after its pods when the job is being deleted", () => {
+    const legacy = job({ finalizers: [FINALIZER, "example.com/other"], status: { conditions: [preflightPassed], attempts: 1 } });
+    expect(decide(legacy, [podOf(legacy, 1, "Running")], now, settings).actions).toEqual([{ kind: "removeFinalizer" }]);
+    const deleting = job({ deleting: true, finalizers: [FINALIZER], status: { attempts: 1 } });
+    expect(decide(deleting, [podOf(deleting, 1, "Running")], now, settings).actions).toEqual([{ kind: "deletePod", name: "tune-train-1" }]);
     expect(decide(deleting, [], now, settings).actions).toEqual([{ kind: "removeFinalizer" }]);
   });
 
@@ -415,10 +435,10 @@ describe("decide", () => {
     expect(failedCondition?.message).toContain("spec.dataset.train");
   });
 
-  it("on deletion stops every pod, then releases the finalizer once they are gone", () => {
+  it("while the job is being deleted (another finalizer, or foreground deletion, holds it) starts nothing and stops every pod", () => {
     const j = job({ deleting: true, status: { attempts: 1 } });
     expect(decide(j, [podOf(j, 1, "Running")], now, settings).actions).toEqual([{ kind: "deletePod", name: "tune-train-1" }]);
-    expect(decide(j, [], now, settings).actions).toEqual([{ kind: "removeFinalizer" }]);
+    expect(decide(j, [], now, settings).actions).toEqual([]);
   });
 
   it("is idempotent: the same world gives the same decision", () => {

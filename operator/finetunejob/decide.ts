@@ -61,7 +61,6 @@ export interface DecideSettings extends PodSettings {
 export const DEFAULT_INTERRUPTION_LIMIT = 10;
 
 export type Action =
-  | { kind: "addFinalizer" }
   | { kind: "removeFinalizer" }
   | { kind: "createPod"; pod: V1Pod }
   | { kind: "deletePod"; name: string }
@@ -115,13 +114,17 @@ function decideLifecycle(job: FineTuneJob, pods: V1Pod[], now: Date, settings: D
   const preflight = pods.find((pod) => pod.metadata?.name === preflightPodName(name));
   const active = pods.filter((pod) => !isFinished(pod) && !pod.metadata?.deletionTimestamp);
 
+  // The operator puts no finalizer on its jobs: the pods carry an ownerReference to the job, so the garbage collector
+  // deletes them (gracefully: the trainer checkpoints on SIGTERM) once the job is gone, as it does a Job's pods. Jobs
+  // made by earlier versions of the operator still hold kubetune.io/finalizer: it is taken off (after their pods, when deleting).
+  const legacyFinalizer = job.metadata.finalizers?.includes(FINALIZER) ?? false;
   if (job.metadata.deletionTimestamp) {
-    // Deleted: stop every pod (graceful, so the trainer checkpoints), then let the job go.
+    // Being deleted (another finalizer, or foreground deletion, keeps it a while): start nothing, stop every pod.
     for (const pod of pods) if (!pod.metadata?.deletionTimestamp) actions.push({ kind: "deletePod", name: pod.metadata!.name! });
-    if (pods.length === 0) actions.push({ kind: "removeFinalizer" });
-    return { actions, events, requeueAfterSeconds: pods.length ? 2 : undefined };
+    if (legacyFinalizer && pods.length === 0) actions.push({ kind: "removeFinalizer" });
+    return { actions, events, requeueAfterSeconds: legacyFinalizer && pods.length ? 2 : undefined };
   }
-  if (!job.metadata.finalizers?.includes(FINALIZER)) actions.push({ kind: "addFinalizer" });
+  if (legacyFinalizer) actions.push({ kind: "removeFinalizer" });
 
   const status: FineTuneJobStatus = { ...current, observedGeneration: job.metadata.generation };
   const setCondition = (type: ConditionType, value: "True" | "False", reason: Reason, message: string) => {
@@ -333,6 +336,27 @@ export function decideNameConflict(job: FineTuneJob, object: { kind: string; nam
     status: withSummaryConditions(status, job.metadata.generation, now),
     events: current.phase === "Failed" ? [] : [{ type: "Warning", reason: "NameConflict", message }],
     requeueAfterSeconds: ttlRemaining(job, status, now),
+  };
+}
+
+/**
+ * A pod under the job's fixed name belongs to an earlier FineTuneJob of the same name (deleted, then created again,
+ * before the garbage collector removed its pods). Unlike a NameConflict, it is the operator's own pod of a job that is
+ * gone: the controller has asked for its deletion (as the garbage collector would), and this attempt starts once it
+ * is gone, so two trainers never share the job's checkpoint and output.
+ */
+export function decideEarlierJobPod(job: FineTuneJob, object: { kind: string; name: string; owner?: string }, now: Date): Decision {
+  const current = job.status ?? {};
+  const message = `${object.kind} ${job.metadata.namespace}/${object.name} still belongs to ${object.owner ?? "an earlier FineTuneJob"}, an earlier job of this name that was deleted; it is being deleted, and this job starts once it is gone`;
+  const conditions = withCondition(current.conditions ?? [], { type: "Running", status: "False", reason: "EarlierJobPodTerminating", message, lastTransitionTime: now.toISOString(), observedGeneration: job.metadata.generation }, now);
+  const status: FineTuneJobStatus = { ...current, observedGeneration: job.metadata.generation, phase: current.phase ?? "Pending", conditions };
+  const waiting = current.conditions?.some((condition) => condition.reason === "EarlierJobPodTerminating");
+  return {
+    actions: [],
+    status: withSummaryConditions(status, job.metadata.generation, now),
+    events: waiting ? [] : [{ type: "Normal", reason: "EarlierJobPodTerminating", message }],
+    // The pod's deletion wakes the job (its pods are watched by the job-name label); the requeue is a backstop.
+    requeueAfterSeconds: 5,
   };
 }
 

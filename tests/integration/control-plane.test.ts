@@ -32,4 +32,34 @@ describe("the test control plane", () => {
     expect(byKubectl.status).not.toBe(0);
     expect(byKubectl.stderr).toMatch(/spec\.size.*integer/);
   });
+
+  it("runs Kubernetes' garbage collector: dependents of a deleted owner go (a custom resource's too), background and foreground", async () => {
+    const client = kubeClient();
+    const namespace = await createNamespace("gc");
+    const configMaps = resourcePath({ group: "", version: "v1", plural: "configmaps", namespace });
+    const widgets = resourcePath({ group: "sample.kubetune.io", version: "v1", plural: "widgets", namespace });
+    kubectl(["apply", "-f", "-"], readFileSync("tests/fixtures/sample-crd.yaml", "utf8"));
+    const owner = async (name: string) =>
+      eventually(`the Widget ${name}`, async () => client.create<{ metadata: { uid: string } }>(widgets, { apiVersion: "sample.kubetune.io/v1", kind: "Widget", metadata: { name }, spec: { size: 1 } }));
+    const dependent = (name: string, owners: { name: string; uid: string }[]) =>
+      client.create(configMaps, {
+        metadata: { name, ownerReferences: owners.map((each) => ({ apiVersion: "sample.kubetune.io/v1", kind: "Widget", name: each.name, uid: each.uid, blockOwnerDeletion: true })) },
+      });
+    const exists = (name: string) => client.get(`${configMaps}/${name}`).then(() => true, () => false);
+
+    const background = await owner("background");
+    const kept = await owner("kept");
+    await dependent("of-background", [{ name: "background", uid: background.metadata.uid }]);
+    await dependent("of-both", [{ name: "background", uid: background.metadata.uid }, { name: "kept", uid: kept.metadata.uid }]);
+    await client.delete(`${widgets}/background`);
+    await eventually("the dependent of the deleted owner to go", async () => ((await exists("of-background")) ? undefined : true), 60_000);
+    // A dependent with another owner that still exists stays (the collector only drops the reference to the deleted one).
+    expect(await exists("of-both")).toBe(true);
+
+    // Foreground: the owner waits, being deleted, until its blocking dependents are gone.
+    const foreground = await owner("foreground");
+    await dependent("of-foreground", [{ name: "foreground", uid: foreground.metadata.uid }]);
+    await client.delete(`${widgets}/foreground`, { propagationPolicy: "Foreground" });
+    await eventually("the foreground owner and its dependent to go", async () => ((await exists("of-foreground")) || (await client.get(`${widgets}/foreground`).then(() => true, () => false)) ? undefined : true), 60_000);
+  });
 });

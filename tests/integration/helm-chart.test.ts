@@ -144,7 +144,7 @@ describe("the operator as the chart's ServiceAccount, watching listed namespaces
     expect(canI("update", "leases/another", system)).toBe("no");
   });
 
-  it("runs jobs through success, retries, a vanished pod, suspension and deletion, and uses exactly the permissions the chart grants", async () => {
+  it("runs jobs through success, retries, a vanished pod, suspension, deletion and an earlier version's finalizer, and uses exactly the permissions the chart grants", async () => {
     // Success, then deletion by ttlSecondsAfterFinished; the trainer reports over TLS that it verifies against the operator's own CA.
     await admin.create(jobsPath(jobs), scriptedJobManifest("ok-rbac", jobs, { runPolicy: { ttlSecondsAfterFinished: 3 } }));
     const done = await waitForPhase(jobs, "ok-rbac", ["Succeeded", "Failed"], 90_000);
@@ -176,6 +176,13 @@ describe("the operator as the chart's ServiceAccount, watching listed namespaces
     }
     await admin.delete(jobsPath(jobs, "long-rbac"));
     await eventually("the deleted job to go", async () => ((await admin.get(jobsPath(jobs, "long-rbac")).catch((error: unknown) => (isNotFound(error) ? "gone" : undefined))) === "gone" ? true : undefined), 90_000);
+    // A job as an earlier operator version left it, with its kubetune.io/finalizer: taken off (the patch rule), so the
+    // job never waits on an operator to be deleted.
+    const legacy = scriptedJobManifest("ok-legacy-rbac", jobs);
+    legacy.metadata.finalizers = ["kubetune.io/finalizer"];
+    await admin.create(jobsPath(jobs), legacy);
+    await eventually("the legacy finalizer to go", async () => ((await getJob(jobs, "ok-legacy-rbac")).metadata.finalizers?.length ? undefined : true), 60_000);
+    expect((await waitForPhase(jobs, "ok-legacy-rbac", ["Succeeded", "Failed"], 90_000)).status?.phase).toBe("Succeeded");
     await harness.stop();
 
     const requests = await eventually("the lease's release in the audit log", async () => {

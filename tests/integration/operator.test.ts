@@ -56,7 +56,8 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     expect(done.status).toMatchObject({ attempts: 1, failedAttempts: 0, lastCheckpoint: { step: 3 }, outputs: { trainableParameters: 100 } });
     expect(done.status?.progress?.percent).toBe(100);
     expect(done.status?.conditions?.find((condition) => condition.type === "Succeeded")).toMatchObject({ status: "True", reason: "Completed" });
-    expect(done.metadata.finalizers).toContain("kubetune.io/finalizer");
+    // No finalizer: the garbage collector deletes the pods with the job, as for a Job's pods.
+    expect(done.metadata.finalizers ?? []).toEqual([]);
     const reasons = (await eventsOf("ok-basic")).map((event) => event.reason);
     expect(reasons).toEqual(expect.arrayContaining(["PodCreated", "Completed"]));
     const [pod] = await podsOf("ok-basic");
@@ -102,12 +103,51 @@ describe("the operator, with the local pod runner playing the kubelet", () => {
     await client.delete(jobsPath(namespace, "long-suspend"));
   });
 
-  it("stops the pod and cleans up when a running job is deleted", async () => {
+  it("stops the pod when a running job is deleted: the garbage collector deletes it through its ownerReference", async () => {
     await client.create(jobsPath(namespace), jobManifest("long-delete"));
     await eventually("the trainer to run", async () => ((await podsOf("long-delete"))[0]?.status?.phase === "Running" ? true : undefined));
     await client.delete(jobsPath(namespace, "long-delete"));
     await eventually("the job to be gone", async () => getJob("long-delete").then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)));
-    expect(await podsOf("long-delete")).toEqual([]);
+    await eventually("the trainer pod to be gone", async () => ((await podsOf("long-delete")).length === 0 ? true : undefined), 60_000);
+  });
+
+  it("starts a job created again under a deleted job's name once the earlier job's pod is gone: no NameConflict, no two trainers", async () => {
+    await client.create(jobsPath(namespace), jobManifest("long-again"));
+    await eventually("the first job's trainer to run", async () => ((await podsOf("long-again"))[0]?.status?.phase === "Running" ? true : undefined));
+    const first = await getJob("long-again");
+    // Deleted and at once created again (a GitOps tool replacing it, `kubectl replace --force`): the earlier trainer
+    // pod is still there, owned by the earlier job, when the new job wants the same pod name. A finalizer holds it
+    // there, terminating, as a kubelet does for the grace period of a trainer that takes long to save.
+    await client.patch(podsPath(namespace, "long-again-train-1"), { metadata: { finalizers: ["test.kubetune.io/hold"] } });
+    await client.delete(jobsPath(namespace, "long-again"));
+    await eventually("the first job to be gone", async () => getJob("long-again").then(() => undefined, (error: unknown) => (isNotFound(error) ? true : undefined)));
+    await client.create(jobsPath(namespace), jobManifest("long-again"));
+    const waited = await eventually("the new job to wait for the earlier pod", async () => {
+      const job = await getJob("long-again");
+      return job.metadata.uid !== first.metadata.uid && job.status?.conditions?.some((condition) => condition.reason === "EarlierJobPodTerminating") ? job : undefined;
+    });
+    const pods = await podsOf("long-again");
+    expect(pods.map((pod) => [pod.metadata?.name, pod.metadata?.ownerReferences?.[0]?.uid, pod.metadata?.deletionTimestamp !== undefined])).toEqual([
+      ["long-again-train-1", first.metadata.uid, true],
+    ]);
+    // Still waiting a while later: nothing else is created under the name, and the job has not failed.
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    expect((await podsOf("long-again")).map((pod) => pod.metadata?.ownerReferences?.[0]?.uid)).toEqual([first.metadata.uid]);
+    expect((await getJob("long-again")).status?.phase).not.toBe("Failed");
+    // The earlier pod goes: the new job's attempt starts.
+    await client.patch(podsPath(namespace, "long-again-train-1"), { metadata: { finalizers: null } });
+    const started = await eventually(
+      "the new job's own trainer",
+      async () => ((await podsOf("long-again")).find((pod) => pod.metadata?.ownerReferences?.[0]?.uid === waited.metadata.uid && pod.status?.phase === "Running") ? true : undefined),
+      90_000,
+    );
+    expect(started).toBe(true);
+    // One trainer at a time under the name: the earlier one is gone.
+    expect((await podsOf("long-again")).map((pod) => pod.metadata?.ownerReferences?.[0]?.uid)).toEqual([waited.metadata.uid]);
+    const job = await getJob("long-again");
+    expect(job.status?.phase).toBe("Running");
+    expect(job.status?.conditions?.find((condition) => condition.type === "Failed")?.status ?? "False").toBe("False");
+    await client.delete(jobsPath(namespace, "long-again"));
   });
 
   it("takes reports only with the token projected into the job's current trainer pod: not another job's, another attempt's, another audience's, nor a deleted pod's", async () => {

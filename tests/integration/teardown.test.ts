@@ -12,7 +12,7 @@ describe("local cluster lifecycle", () => {
   it("leaves no process running and no port bound after stop", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-teardown-"));
     const cluster = await startLocalCluster({ dir });
-    const pids = [...cluster.controlPlane.processes.map((process) => process.pid), cluster.s3.process.pid];
+    const pids = [...cluster.controlPlane.processes.map((process) => process.pid), cluster.s3.process.pid, cluster.garbageCollector!.pid];
     const ports = [Number(new URL(cluster.controlPlane.server).port), Number(new URL(cluster.s3.endpoint).port)];
     expect(pids.every(isAlive)).toBe(true);
     expect(await Promise.all(ports.map(isPortOpen))).toEqual([true, true]);
