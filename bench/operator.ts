@@ -19,7 +19,7 @@
 // Floor and operator alternate `repeats` times (medians reported), then one run of `rssJobs`
 // jobs (10,000 by default) measures the operator's peak RSS at that scale.
 //
-//   node --import tsx bench/operator.ts [--jobs 1000] [--repeats 3] [--rss-jobs 10000] [--json]
+//   node --import tsx bench/operator.ts [--jobs 1000] [--repeats 3] [--rss-jobs 10000] [--no-garbage-collector] [--json]
 import type { V1Pod } from "@kubernetes/client-node";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -102,6 +102,8 @@ export interface OperatorBenchFigures {
   /** How the operator ran: the bundle, and the V8 flags (the operator image's). */
   operatorProcess: { entry: string; nodeFlags: string[]; builtForThisRun: boolean };
   kubeApiserver: string;
+  /** Whether Kubernetes' garbage collector ran beside the API server (it watches every write). */
+  garbageCollector: boolean;
 }
 
 export interface OperatorBenchOptions {
@@ -109,6 +111,11 @@ export interface OperatorBenchOptions {
   repeats?: number;
   /** Jobs of the extra run that measures peak RSS; 0 skips it. */
   rssJobs?: number;
+  /**
+   * Runs Kubernetes' garbage collector beside the API server (default true), as a real cluster's controller manager
+   * does: it watches every resource, so each write also reaches it. False measures the API server without it.
+   */
+  garbageCollector?: boolean;
   log?: (line: string) => void;
 }
 
@@ -117,7 +124,8 @@ export async function benchOperator(options: OperatorBenchOptions): Promise<Oper
   const repeats = options.repeats ?? 3;
   const log = options.log ?? (() => {});
   const dir = await mkdtemp(path.join(os.tmpdir(), "kubetune-bench-operator-"));
-  const cluster = await startLocalCluster({ dir });
+  const garbageCollector = options.garbageCollector ?? true;
+  const cluster = await startLocalCluster({ dir, garbageCollector });
   try {
     await cluster.client.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", parse(readFileSync(CRD_FILE, "utf8")));
     await waitUntil(async () => (await cluster.client.list(resourcePath({ group: GROUP, version: VERSION, plural: PLURAL }))) !== undefined, 30_000);
@@ -169,6 +177,7 @@ export async function benchOperator(options: OperatorBenchOptions): Promise<Oper
       concurrency: CONCURRENCY,
       operatorProcess: { entry: path.relative(REPO, fileURLToPath(OPERATOR_BUNDLE)), nodeFlags: [...OPERATOR_NODE_FLAGS], builtForThisRun },
       kubeApiserver: cluster.versions.kubeApiserver,
+      garbageCollector,
     };
   } finally {
     await cluster.stop();
@@ -500,6 +509,8 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
       jobs: { type: "string", default: "1000" },
       repeats: { type: "string", default: "3" },
       "rss-jobs": { type: "string", default: "10000" },
+      "garbage-collector": { type: "boolean", default: true },
+      "no-garbage-collector": { type: "boolean", default: false },
       json: { type: "boolean", default: false },
     },
   });
@@ -507,6 +518,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
     jobs: Number(values.jobs),
     repeats: Number(values.repeats),
     rssJobs: Number(values["rss-jobs"]),
+    garbageCollector: values["garbage-collector"] && !values["no-garbage-collector"],
     log: (line) => console.error(`bench operator: ${line}`),
   });
   console.log(values.json ? JSON.stringify(figures) : figures);

@@ -86,7 +86,9 @@ export class EventRecorder {
   record(object: KubeObject, type: EventType, reason: string, message: string): void {
     const namespace = object.metadata?.namespace ?? "default";
     const objectKey = object.metadata?.uid ?? `${namespace}/${object.metadata?.name}`;
-    const key = `${objectKey}/${type}/${reason}/${message}`;
+    // join() makes one flat string; a template literal makes a tree of string pieces (six for this key), which the
+    // recent map would keep, message and all, for up to RECENT_LIMIT Events: some 200 bytes more each.
+    const key = [objectKey, type, reason, message].join("/");
     const now = new Date();
     const queue = this.waiting.get(objectKey);
     // The same Event still waiting (a burst): one write for all of them, with their count.
@@ -194,7 +196,7 @@ export class EventRecorder {
         });
         return;
       }
-      const name = `${pending.objectName}.${pending.firstAt.getTime().toString(16)}${randomBytes(2).toString("hex")}`;
+      const name = [pending.objectName, ".", pending.firstAt.getTime().toString(16), randomBytes(2).toString("hex")].join("");
       await this.client.create(resourcePath({ group: "", version: "v1", plural: "events", namespace }), {
         apiVersion: "v1",
         kind: "Event",
