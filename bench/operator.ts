@@ -424,13 +424,17 @@ function countTrainerPods(client: KubeClient, namespace: string, count: number):
   return { all };
 }
 
-/** Waits until the operator's reconcile count stops moving (2 s without a reconcile), at most a minute. */
+/**
+ * Waits until the operator's reconcile count stops moving (2 s without a reconcile) and its Events are written (they
+ * yield to reconciles, so they trail the last pods), at most a minute.
+ */
 async function settle(metricsUrl: string): Promise<void> {
   let last = -1;
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
-    const count = (await scrape(metricsUrl)).get("kubetune_reconcile_duration_seconds_count") ?? 0;
-    if (count === last) return;
+    const metrics = await scrape(metricsUrl);
+    const count = metrics.get("kubetune_reconcile_duration_seconds_count") ?? 0;
+    if (count === last && (metrics.get("kubetune_events_pending") ?? 0) === 0) return;
     last = count;
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }

@@ -27,3 +27,15 @@ describe("kubetune_jobs", () => {
     expect((await metrics.jobs.get()).values.filter((value) => value.labels.namespace === "a")).toHaveLength(6);
   });
 });
+
+describe("the Event recorder's backlog", () => {
+  it("shows the Events waiting and those dropped, as they are at each scrape", async () => {
+    const metrics = new OperatorMetrics();
+    const events = { pending: 3, dropped: 0 };
+    metrics.trackEvents(events);
+    const scrape = async () => Object.fromEntries((await metrics.registry.getMetricsAsJSON()).filter((metric) => metric.name.startsWith("kubetune_events_")).map((metric) => [metric.name, metric.values[0]?.value]));
+    expect(await scrape()).toEqual({ kubetune_events_pending: 3, kubetune_events_dropped_total: 0 });
+    Object.assign(events, { pending: 0, dropped: 2 });
+    expect(await scrape()).toEqual({ kubetune_events_pending: 0, kubetune_events_dropped_total: 2 });
+  });
+});

@@ -80,6 +80,27 @@ export class OperatorMetrics {
     });
   }
 
+  /** Exposes the Event recorder's backlog: Events waiting to be written, and those dropped because too many waited. */
+  trackEvents(events: { readonly pending: number; readonly dropped: number }): void {
+    new Gauge({
+      name: "kubetune_events_pending",
+      help: "Events recorded and not yet written (they yield to reconciles, and wait in a bounded queue).",
+      registers: [this.registry],
+      collect() {
+        this.set(events.pending);
+      },
+    });
+    new Counter({
+      name: "kubetune_events_dropped_total",
+      help: "Events dropped because the queue of Events waiting to be written was full.",
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(events.dropped);
+      },
+    });
+  }
+
   /**
    * Each job's phase as last counted in kubetune_jobs, by namespace/name: what a change or a delete subtracts. The
    * phase alone, not an object per job (the namespace is in the key): with 10,000 jobs cached, every byte per entry

@@ -108,6 +108,11 @@ export class FineTuneJobController {
     for (const informer of this.pods) informer.on({ add: observeCreation, update: enqueueOwner, delete: enqueueOwner });
   }
 
+  /** True while reconciles wait in the queue or are under way (timers set for later do not count). */
+  hasWork(): boolean {
+    return this.queue.length > 0 || this.queue.active > 0;
+  }
+
   /** Fills the caches; call before start(). */
   async sync(): Promise<void> {
     await Promise.all([...this.jobs, ...this.pods].map((informer) => informer.start()));

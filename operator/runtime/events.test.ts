@@ -173,4 +173,30 @@ describe("EventRecorder", () => {
     expect(kube.storedIn(eventsPath)).toHaveLength(3);
     expect(events.dropped).toBe(1);
   });
+
+  it("yields to the reconciles: waits while they are busy, goes once they are not, and never waits past maxYieldMs or a stop", async () => {
+    const kube = new FakeKube();
+    let busy = true;
+    const events = new EventRecorder(kube.asClient(), "test", undefined, { yieldWhile: () => busy, maxYieldMs: 60_000 });
+    events.record(object("a"), "Normal", "PodCreated", "created pod a-train-1");
+    await sleep(500);
+    expect(kube.storedIn(eventsPath)).toEqual([]);
+    busy = false;
+    await until("the Event once the reconciles are done", () => kube.storedIn(eventsPath).length === 1, 2_000);
+
+    // Busy for ever: the Event still goes once it has waited maxYieldMs.
+    const patient = new EventRecorder(kube.asClient(), "test", undefined, { yieldWhile: () => true, maxYieldMs: 400 });
+    const recorded = Date.now();
+    patient.record(object("b"), "Normal", "PodCreated", "created pod b-train-1");
+    await until("the Event after maxYieldMs", () => kube.storedIn(eventsPath).length === 2, 3_000);
+    expect(Date.now() - recorded).toBeGreaterThanOrEqual(400);
+
+    // Shutdown writes what waits at once.
+    const stopping = new EventRecorder(kube.asClient(), "test", undefined, { yieldWhile: () => true, maxYieldMs: 60_000 });
+    stopping.record(object("c"), "Normal", "PodCreated", "created pod c-train-1");
+    const stopped = Date.now();
+    await stopping.stop();
+    expect(kube.storedIn(eventsPath)).toHaveLength(3);
+    expect(Date.now() - stopped).toBeLessThan(1_000);
+  });
 });

@@ -19,7 +19,19 @@ export interface EventRecorderOptions {
   concurrency?: number;
   /** Events waiting to be written; more are dropped (counted and logged), as client-go's broadcaster drops past 1,000. Default 1000. */
   queueLimit?: number;
+  /**
+   * While this says true (the operator has reconciles waiting or under way), Events wait, each at most maxYieldMs
+   * after it was recorded: in a burst of new jobs the pods and status writes, which start training, go first and
+   * the Events, which only tell of them, after, where both would otherwise share the API server's capacity. Default:
+   * never wait.
+   */
+  yieldWhile?: () => boolean;
+  /** The longest an Event waits on yieldWhile (default 30 s): under load that never lets up, Events still go. */
+  maxYieldMs?: number;
 }
+
+/** How often Events that yield look again whether the operator is still busy. */
+const YIELD_POLL_MS = 200;
 
 /** One recorded occurrence (or several identical ones recorded before it was written), with what it says of its object. */
 interface Pending {
@@ -64,6 +76,10 @@ export class EventRecorder {
   private queued = 0;
   private readonly concurrency: number;
   private readonly queueLimit: number;
+  private readonly yieldWhile?: () => boolean;
+  private readonly maxYieldMs: number;
+  /** The timer that pumps again while Events yield. */
+  private yieldTimer?: NodeJS.Timeout;
   private stopped = false;
   private idleWaiters: (() => void)[] = [];
   /** Events dropped because the queue was full (or recorded after stop()). */
@@ -80,6 +96,8 @@ export class EventRecorder {
   ) {
     this.concurrency = Math.max(1, options.concurrency ?? 1);
     this.queueLimit = Math.max(1, options.queueLimit ?? 1000);
+    this.yieldWhile = options.yieldWhile;
+    this.maxYieldMs = options.maxYieldMs ?? 30_000;
   }
 
   /** Queues an Event on the object and returns at once; it is written in the background (best effort). */
@@ -149,11 +167,18 @@ export class EventRecorder {
     });
   }
 
+  /** Events waiting to be written or being written. */
+  get pending(): number {
+    return this.queued + this.sending.size;
+  }
+
   /** Shutdown: refuses new Events, then writes what waits (at most timeoutMs). */
   async stop(timeoutMs = 5_000): Promise<void> {
     this.stopped = true;
     // Drops after this are expected: not logged.
     this.droppedLoggedAt = Infinity;
+    // Events that yielded to the reconciles go now.
+    this.pump();
     await this.flush(timeoutMs);
     if (this.queued > 0) this.log?.(`event recorder stopped with ${this.queued} Events unwritten`);
   }
@@ -161,9 +186,19 @@ export class EventRecorder {
   /** Starts writes while there is room, taking the longest-waiting object that has no write in flight. */
   private pump(): void {
     if (this.sending.size >= this.concurrency) return;
+    // Shutdown writes what waits at once.
+    const yielding = !this.stopped && (this.yieldWhile?.() ?? false);
+    const now = Date.now();
     for (const [objectKey, queue] of this.waiting) {
       if (this.sending.size >= this.concurrency) return;
       if (this.sending.has(objectKey)) continue;
+      if (yielding && now - queue[0]!.firstAt.getTime() < this.maxYieldMs) {
+        this.yieldTimer ??= setTimeout(() => {
+          this.yieldTimer = undefined;
+          this.pump();
+        }, YIELD_POLL_MS).unref();
+        continue;
+      }
       const pending = queue.shift()!;
       this.queued -= 1;
       if (queue.length === 0) this.waiting.delete(objectKey);
