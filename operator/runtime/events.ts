@@ -193,11 +193,13 @@ export class EventRecorder {
       if (this.sending.size >= this.concurrency) return;
       if (this.sending.has(objectKey)) continue;
       if (yielding && now - queue[0]!.firstAt.getTime() < this.maxYieldMs) {
+        // Objects are (nearly) in the order they began to wait, so the rest have waited less: look again in a moment (not at
+        // every Event recorded, which would walk the whole queue each time).
         this.yieldTimer ??= setTimeout(() => {
           this.yieldTimer = undefined;
           this.pump();
         }, YIELD_POLL_MS).unref();
-        continue;
+        return;
       }
       const pending = queue.shift()!;
       this.queued -= 1;

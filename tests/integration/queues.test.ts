@@ -256,9 +256,10 @@ describe("Kueue mode against a real Kueue manager, playing the job controller's 
   }, 180_000);
 
   /**
-   * Deletes a namespace's Workloads, their finalizers first. Deleting the jobs does not: the test
-   * control plane runs no garbage collector for their owner references, and a Workload left
-   * behind keeps its ClusterQueue (and so the flavor) from being deleted until the wait times out.
+   * Deletes a namespace's Workloads, their finalizers first. Deleting the jobs would too (the
+   * garbage collector follows the owner references), but only once the operator has released
+   * Kueue's finalizer, and a Workload left behind keeps its ClusterQueue (and so the flavor) from
+   * being deleted until the wait times out.
    */
   async function deleteWorkloads(inNamespace: string): Promise<void> {
     for (const workload of (await client.list<Workload>(kueuePath("workloads", undefined, inNamespace))).items) {
