@@ -60,8 +60,10 @@ const RECENT_LIMIT = 4096;
  * Event and returns at once: Events are best effort and never hold a reconcile or a trainer's
  * report behind an API write (client-go's recorder likewise hands them to a broadcaster that
  * writes them from its own goroutine). A background sender writes them (by default one at a
- * time), one object's Events in the order recorded. The queue is bounded; when it is full a new
- * Event is dropped and the drops are counted in the log, as client-go's broadcaster does.
+ * time), one object's Events in the order recorded; with yieldWhile, only while the operator's
+ * reconciles leave the API server to them (or an Event has waited maxYieldMs). The queue is
+ * bounded; when it is full a new Event is dropped and the drops are counted in the log and in
+ * kubetune_events_dropped_total, as client-go's broadcaster drops them.
  *
  * A repeat of the same reason and message on the same object within ten minutes bumps the
  * count of the existing Event instead of creating another, as client-go's recorder does; repeats
