@@ -90,8 +90,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   if (!serving) throw new Error("the progress endpoint needs a certificate: give --progress-tls-cert and --progress-tls-key, or --key-secret");
   // Trainers verify the endpoint against the CA the operator signs with, which is public.
   const settings = keys && !options.progressTls ? { ...options.settings, progressCa: keys.ca.cert } : options.settings;
-  // Events yield to reconciles: in a burst of new jobs, pods first (controller is assigned below, before any Event).
-  const events: EventRecorder = new EventRecorder(client, "kubetune-operator", log, { yieldWhile: (): boolean => controller.hasWork() });
+  // Events yield to a backlog of reconciles: in a burst of new jobs, pods first (controller is assigned below, before
+  // any Event is recorded).
+  const events: EventRecorder = new EventRecorder(client, "kubetune-operator", log, { yieldWhile: (): boolean => controller.hasBacklog() });
   metrics.trackEvents(events);
   const metricsAuthorizer = new MetricsAuthorizer(client);
   const controller = new FineTuneJobController({

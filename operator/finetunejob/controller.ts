@@ -108,9 +108,12 @@ export class FineTuneJobController {
     for (const informer of this.pods) informer.on({ add: observeCreation, update: enqueueOwner, delete: enqueueOwner });
   }
 
-  /** True while reconciles wait in the queue or are under way (timers set for later do not count). */
-  hasWork(): boolean {
-    return this.queue.length > 0 || this.queue.active > 0;
+  /**
+   * True while more reconciles wait for a worker than there are workers: a burst (many new jobs at once), not the
+   * steady trickle of pod and progress events, whose Events should show at once.
+   */
+  hasBacklog(): boolean {
+    return this.queue.length > this.options.concurrency;
   }
 
   /** Fills the caches; call before start(). */

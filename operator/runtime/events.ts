@@ -20,10 +20,9 @@ export interface EventRecorderOptions {
   /** Events waiting to be written; more are dropped (counted and logged), as client-go's broadcaster drops past 1,000. Default 1000. */
   queueLimit?: number;
   /**
-   * While this says true (the operator has reconciles waiting or under way), Events wait, each at most maxYieldMs
-   * after it was recorded: in a burst of new jobs the pods and status writes, which start training, go first and
-   * the Events, which only tell of them, after, where both would otherwise share the API server's capacity. Default:
-   * never wait.
+   * While this says true (the operator has a backlog of reconciles), Events wait, each at most maxYieldMs after it
+   * was recorded: in a burst of new jobs the pods and status writes, which start training, go first and the Events,
+   * which only tell of them, after, where both would otherwise share the API server's capacity. Default: never wait.
    */
   yieldWhile?: () => boolean;
   /** The longest an Event waits on yieldWhile (default 30 s): under load that never lets up, Events still go. */

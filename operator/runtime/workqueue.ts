@@ -89,11 +89,6 @@ export class WorkQueue {
     }
   }
 
-  /** Keys handed out by get() and not yet done(): reconciles under way. */
-  get active(): number {
-    return this.processing.size;
-  }
-
   get length(): number {
     return this.queue.length;
   }
