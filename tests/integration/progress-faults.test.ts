@@ -3,7 +3,7 @@ import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { API_VERSION, KIND, type FineTuneJob } from "../../api/index.ts";
+import type { FineTuneJob } from "../../api/index.ts";
 import { resourcePath } from "../../kube/client.ts";
 import { resolveBinaries } from "../../localcluster/binaries.ts";
 import { createBucket } from "../../localcluster/cluster.ts";
@@ -12,7 +12,7 @@ import { freePort } from "../../localcluster/process.ts";
 import { S3ObjectStore } from "../../storage/s3-store.ts";
 import { writeTinyJob, type TinyJob } from "../../trainer/testing/tiny-job.ts";
 import { createNamespace, eventually, kubeClient } from "./harness.ts";
-import { eventsOf, getJob, jobsPath, KUBETUNE_IMAGE, podToken, scriptedJobManifest, startOperatorHarness, waitForPhase, type OperatorHarness } from "./operator-harness.ts";
+import { eventsOf, getJob, jobsPath, KUBETUNE_IMAGE, podToken, scriptedJobManifest, startOperatorHarness, trainingJob, waitForPhase, type OperatorHarness } from "./operator-harness.ts";
 
 /**
  * Faults around the progress channel, against the real API server: a trainer (or anything
@@ -144,23 +144,9 @@ describe("S3 stopped for 60 s while a trainer checkpoints", () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  function manifest(name: string): FineTuneJob {
-    return {
-      apiVersion: API_VERSION,
-      kind: KIND,
-      metadata: { name, namespace },
-      spec: {
-        ...tiny.manifest.spec,
-        baseModel: { uri: `s3://${bucket}/model` },
-        dataset: { train: `s3://${bucket}/data/train.jsonl`, format: "text", maxSeqLength: 32, evalFraction: 0.2 },
-        method: { type: "lora", lora: { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj"] } },
-        hyperparameters: { maxSteps: 40, batchSize: 2, gradientAccumulation: 2, learningRate: 0.01, warmupSteps: 3, evalEverySteps: 10, seed: 3 },
-        checkpoint: { everySteps: 10, keep: 2 },
-        output: { uri: `s3://${bucket}/outputs/${name}` },
-        storage: { secretRef: { name: "s3-faulty" }, endpoint: s3.endpoint, forcePathStyle: true },
-      },
-    } as FineTuneJob;
-  }
+  /** The tiny real-trainer job (operator-harness.ts), reading and writing this test's own MinIO. */
+  const manifest = (name: string): FineTuneJob =>
+    trainingJob({ tiny, store }, namespace, name, { storage: { secretRef: { name: "s3-faulty" }, endpoint: s3.endpoint, forcePathStyle: true } });
 
   it("succeeds in its first attempt and writes the adapter an uninterrupted run writes", async () => {
     await client.create(jobsPath(namespace), manifest("uninterrupted"));
